@@ -1,0 +1,75 @@
+//! The state every handler and connection shares. Nothing here is process-wide, so one test
+//! process can run several servers.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Verifier,
+    broker::Broker,
+    config::Config,
+    hub::{Heartbeat, Hub, Presence},
+    metrics::Metrics,
+    store::Store,
+};
+
+/// Shared server state; cloning copies a pointer.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<Presence>,
+    pub heartbeat: Heartbeat,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server starts shutting down; every stream watches it.
+    pub shutdown: CancellationToken,
+    next_connection: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        verifier: Verifier,
+        store: Arc<dyn Store>,
+        broker: Arc<dyn Broker>,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let presence = Presence::new(Arc::clone(&hub), config.presence_events);
+        let heartbeat = Heartbeat::start(config.heartbeat_interval, shutdown.clone());
+        AppState(Arc::new(Inner {
+            config,
+            verifier,
+            store,
+            broker,
+            hub,
+            presence,
+            heartbeat,
+            metrics: Arc::default(),
+            shutdown,
+            next_connection: AtomicU64::new(1),
+        }))
+    }
+
+    /// Returns a connection id unique within this process, e.g. `c-17`.
+    pub fn next_connection_id(&self) -> String {
+        format!("c-{}", self.0.next_connection.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

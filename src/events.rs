@@ -1,0 +1,329 @@
+//! Wire events: names, payloads, the rooms they travel in, and the resumable event id.
+//!
+//! Every event is serialized once, when it is published; connections share the same
+//! `Arc<Event>` and only add their own id around the ready JSON.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Event names kept from the NestJS gateway, so frontends keep their handlers.
+pub mod names {
+    pub const AUTHENTICATED: &str = "authenticated";
+    pub const ERROR: &str = "error";
+    pub const NOTIFICATION_NEW: &str = "notification:new";
+    pub const NOTIFICATION_READ: &str = "notification:read";
+    pub const NOTIFICATION_DELETED: &str = "notification:deleted";
+    pub const UNREAD_COUNT: &str = "notification:unread_count";
+    pub const MARK_READ: &str = "notification:mark_read";
+    pub const DATA_UPDATED: &str = "data:updated";
+    pub const USER_ONLINE: &str = "user:online";
+    pub const USER_OFFLINE: &str = "user:offline";
+    pub const RESYNC: &str = "resync";
+
+    /// Names a publisher may not use for room or broadcast events, because clients give them
+    /// a fixed meaning.
+    pub const RESERVED: [&str; 10] = [
+        AUTHENTICATED,
+        ERROR,
+        NOTIFICATION_NEW,
+        NOTIFICATION_READ,
+        NOTIFICATION_DELETED,
+        UNREAD_COUNT,
+        MARK_READ,
+        USER_ONLINE,
+        USER_OFFLINE,
+        RESYNC,
+    ];
+}
+
+/// Characters percent-encoded inside room keys and event ids: everything but `A-Z a-z 0-9 - _`.
+const KEY_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+
+/// A fan-out target. Tenants never share a room: the tenant is part of every key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Room {
+    /// Every connection of one user (`user:<id>`).
+    User { tenant: String, user: String },
+    /// Every connection of one tenant (`tenant:<id>`); tenantless users share the empty tenant.
+    Tenant { tenant: String },
+    /// A named room that tokens are granted through their `rooms` claim.
+    Named { tenant: String, name: String },
+}
+
+impl Room {
+    /// Returns the key that names this room in the registry and the store. Parts are
+    /// percent-encoded, so `:` separates them unambiguously.
+    pub fn key(&self) -> RoomKey {
+        let enc = |s: &str| utf8_percent_encode(s, KEY_SET).to_string();
+        let key = match self {
+            Room::User { tenant, user } => format!("user:{}:{}", enc(tenant), enc(user)),
+            Room::Tenant { tenant } => format!("tenant:{}", enc(tenant)),
+            Room::Named { tenant, name } => format!("room:{}:{}", enc(tenant), enc(name)),
+        };
+        RoomKey(key.into())
+    }
+}
+
+/// The string form of a [`Room`]; cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomKey(Arc<str>);
+
+impl RoomKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Rebuilds a key read back from the store.
+    pub fn from_stored(key: &str) -> Self {
+        RoomKey(key.into())
+    }
+}
+
+impl fmt::Display for RoomKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One event as it travels from a publisher to every connection in its room.
+#[derive(Debug)]
+pub struct Event {
+    pub room: RoomKey,
+    /// Position in the room's log. `None` for events that are not stored and cannot be
+    /// resumed (presence changes).
+    pub seq: Option<i64>,
+    pub name: String,
+    /// The payload as one line of JSON, including its `timestamp`.
+    pub data: String,
+}
+
+impl Event {
+    /// Builds an event from a payload object; a `timestamp` is added when missing.
+    pub fn new(room: RoomKey, seq: Option<i64>, name: &str, payload: Value) -> Arc<Self> {
+        Arc::new(Event { room, seq, name: name.to_string(), data: with_timestamp(payload).to_string() })
+    }
+}
+
+/// A connection's position in each of its rooms, sent to clients as the event id.
+///
+/// One id must resume every room a connection follows, so the id lists them all:
+/// `u:12.t:3.r-orders:5` means user event 12, tenant event 3 and event 5 of room `orders`.
+/// Rooms the connection has no position for yet are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    positions: BTreeMap<Label, i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Label {
+    User,
+    Tenant,
+    Named(String),
+}
+
+impl Cursor {
+    /// Records that the event `seq` of `room` was delivered. Returns false when the
+    /// connection already has it, so the caller drops the duplicate.
+    pub fn advance(&mut self, room: &Room, seq: i64) -> bool {
+        let label = match room {
+            Room::User { .. } => Label::User,
+            Room::Tenant { .. } => Label::Tenant,
+            Room::Named { name, .. } => Label::Named(name.clone()),
+        };
+        match self.positions.get_mut(&label) {
+            Some(last) if *last >= seq => false,
+            Some(last) => {
+                *last = seq;
+                true
+            }
+            None => {
+                self.positions.insert(label, seq);
+                true
+            }
+        }
+    }
+
+    /// Returns the last position delivered in `room`, if any.
+    pub fn position(&self, room: &Room) -> Option<i64> {
+        let label = match room {
+            Room::User { .. } => Label::User,
+            Room::Tenant { .. } => Label::Tenant,
+            Room::Named { name, .. } => Label::Named(name.clone()),
+        };
+        self.positions.get(&label).copied()
+    }
+
+    /// Parses an id produced by [`Cursor::to_string`].
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut cursor = Cursor::default();
+        for part in text.split('.') {
+            let (label, seq) =
+                part.rsplit_once(':').ok_or_else(|| format!("invalid event id part `{part}`"))?;
+            let seq: i64 = seq.parse().map_err(|_| format!("invalid position in event id part `{part}`"))?;
+            if seq < 0 {
+                return Err(format!("negative position in event id part `{part}`"));
+            }
+            let label = match label {
+                "u" => Label::User,
+                "t" => Label::Tenant,
+                named => {
+                    let encoded = named
+                        .strip_prefix("r-")
+                        .ok_or_else(|| format!("unknown room label in event id part `{part}`"))?;
+                    let name = percent_decode_str(encoded)
+                        .decode_utf8()
+                        .map_err(|_| format!("invalid room name in event id part `{part}`"))?;
+                    Label::Named(name.into_owned())
+                }
+            };
+            if cursor.positions.insert(label, seq).is_some() {
+                return Err(format!("room repeated in event id part `{part}`"));
+            }
+        }
+        Ok(cursor)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (label, seq)) in self.positions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            match label {
+                Label::User => write!(f, "u:{seq}")?,
+                Label::Tenant => write!(f, "t:{seq}")?,
+                Label::Named(name) => write!(f, "r-{}:{seq}", utf8_percent_encode(name, KEY_SET))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored notification as clients see it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// Server-assigned UUID.
+    pub id: String,
+    /// The recipient's `sub`.
+    pub user_id: String,
+    pub title: String,
+    pub message: String,
+    /// Free-form category chosen by the publisher, e.g. `invoice.paid`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Publisher data passed through unchanged; `null` when none was given.
+    pub data: Option<Value>,
+    /// `unread` or `read`.
+    pub status: String,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// Formats a time the way every payload carries it: RFC 3339, UTC, milliseconds.
+pub fn format_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn rfc3339<S: serde::Serializer>(time: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(time))
+}
+
+fn rfc3339_opt<S: serde::Serializer>(time: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => s.serialize_str(&format_time(t)),
+        None => s.serialize_none(),
+    }
+}
+
+fn with_timestamp(mut payload: Value) -> Value {
+    if let Value::Object(map) = &mut payload {
+        map.entry("timestamp").or_insert_with(|| Value::String(format_time(&Utc::now())));
+    }
+    payload
+}
+
+/// Payload builders, one per event name.
+pub mod payload {
+    use super::*;
+
+    pub fn notification_new(n: &Notification) -> Value {
+        json!({ "notification": n })
+    }
+
+    pub fn notification_read(id: &str) -> Value {
+        json!({ "notificationId": id, "success": true })
+    }
+
+    pub fn notification_deleted(id: &str) -> Value {
+        json!({ "notificationId": id })
+    }
+
+    pub fn unread_count(count: i64) -> Value {
+        json!({ "unreadCount": count })
+    }
+
+    pub fn presence(user: &str) -> Value {
+        json!({ "userId": user })
+    }
+
+    pub fn error(code: &str, message: &str) -> Value {
+        with_timestamp(json!({ "code": code, "message": message }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_through_text() {
+        let tenant = "acme".to_string();
+        let mut cursor = Cursor::default();
+        assert!(cursor.advance(&Room::User { tenant: tenant.clone(), user: "u1".into() }, 12));
+        assert!(cursor.advance(&Room::Tenant { tenant: tenant.clone() }, 3));
+        let odd = Room::Named { tenant, name: "orders.eu:1 ñ".into() };
+        assert!(cursor.advance(&odd, 5));
+
+        let text = cursor.to_string();
+        assert!(text.bytes().all(|b| b.is_ascii_graphic()), "id `{text}` must be header-safe");
+        assert_eq!(Cursor::parse(&text).unwrap(), cursor);
+    }
+
+    #[test]
+    fn cursor_drops_old_positions() {
+        let room = Room::User { tenant: String::new(), user: "u".into() };
+        let mut cursor = Cursor::default();
+        assert!(cursor.advance(&room, 2));
+        assert!(!cursor.advance(&room, 2));
+        assert!(!cursor.advance(&room, 1));
+        assert!(cursor.advance(&room, 3));
+    }
+
+    #[test]
+    fn cursor_rejects_bad_text() {
+        for bad in ["", "u", "u:x", "u:-1", "q:1", "u:1.u:2", "r-%ff:1"] {
+            assert!(Cursor::parse(bad).is_err(), "`{bad}` should be rejected");
+        }
+    }
+
+    #[test]
+    fn room_keys_keep_tenants_apart() {
+        let a = Room::User { tenant: "a:b".into(), user: "c".into() }.key();
+        let b = Room::User { tenant: "a".into(), user: "b:c".into() }.key();
+        assert_ne!(a, b);
+    }
+}

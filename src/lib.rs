@@ -1,0 +1,97 @@
+//! nexus-notify: a real-time notification server.
+//!
+//! Publishers create notifications over REST; each is committed to the store, then pushed to
+//! every open SSE and WebSocket connection of its user.
+//!
+//! Layout, with arrows pointing only downwards:
+//! - [`api`]: REST handlers, docs and the router;
+//! - [`transport`]: SSE and WebSocket framing and connection loops;
+//! - [`service`]: operations shared by both (commit, then publish);
+//! - [`hub`]: the channel registry, presence and the shared heartbeat;
+//! - [`store`] and [`broker`]: storage and cross-node fan-out, each a trait with backends;
+//! - [`auth`], [`events`], [`config`], [`validate`]: tokens, wire events, settings, checks.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod events;
+pub mod hub;
+pub mod metrics;
+pub mod problem;
+pub mod service;
+pub mod store;
+pub mod transport;
+pub mod validate;
+
+use std::{
+    future::{Future, IntoFuture},
+    sync::Arc,
+};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{app::AppState, auth::Verifier, broker::MemoryBroker, config::Config, hub::Hub};
+
+/// A server ready to serve: its state is built and its store is open.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// Opens the store, builds the verifier and the hub. Errors name the setting at fault.
+    pub async fn build(config: Config) -> Result<Self, String> {
+        if !config.has_signing_key() && !config.bind.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {} with an ephemeral signing key: set NOTIFY_JWT_SECRET or \
+                 NOTIFY_JWT_PUBLIC_KEY_FILE, or bind to 127.0.0.1",
+                config.bind
+            ));
+        }
+        let verifier = Verifier::from_config(&config)?;
+        let store = store::open(config.database_url()).await?;
+        let hub = Hub::new(config.connection_queue);
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let state = AppState::new(config, verifier, store, broker, hub, CancellationToken::new());
+        Ok(Server { state })
+    }
+
+    /// The shared state, for minting demo tokens before serving.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains: streams are told to reconnect and end,
+    /// in-flight requests finish, and the store closes. Waits at most the configured
+    /// shutdown timeout for that.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state;
+        let drain = state.config.shutdown_timeout;
+        let token = state.shutdown.clone();
+        let router = api::router(state.clone());
+        tracing::info!(address = %listener.local_addr()?, "listening");
+
+        let stop = token.clone();
+        let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        });
+        let mut server = std::pin::pin!(server.into_future());
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async { token.cancelled().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(seconds = drain.as_secs(), "drain deadline passed; closing open connections");
+            }
+        }
+        state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Server-Sent Events: the frame format and the loop that feeds one `text/event-stream`.
+
+use std::{convert::Infallible, pin::Pin};
+
+use axum::{
+    body::Body,
+    extract::{Query, State},
+    http::{header, HeaderMap, HeaderValue},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::Deserialize;
+use tokio::time::Sleep;
+
+use super::{
+    session::{Session, Transport},
+    stream_identity,
+};
+use crate::{app::AppState, auth::AuthError, events::names, hub::Heartbeat, problem::ApiError};
+
+/// Reconnect delay suggested to clients at the start of a stream, in milliseconds.
+pub const RETRY_MS: u64 = 2_000;
+/// Reconnect delay suggested when the server shuts down, in milliseconds; it spreads the
+/// reconnects of many clients over the time another node needs to take them.
+pub const SHUTDOWN_RETRY_MS: u64 = 5_000;
+
+/// Query parameters of `GET /v1/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SseQuery {
+    /// The token, for clients such as `EventSource` that cannot set headers.
+    pub access_token: Option<String>,
+    /// Comma-separated rooms to join, each granted by the token's `rooms` claim.
+    pub rooms: Option<String>,
+}
+
+/// Writes one event in SSE framing. `data` may hold newlines; each line becomes its own
+/// `data:` field, which clients join back with `\n`. Line breaks in `id` and `event` would
+/// split the frame, so they are removed.
+pub fn frame(id: Option<&str>, name: &str, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + name.len() + 32);
+    if let Some(id) = id {
+        out.push_str("id: ");
+        push_single_line(&mut out, id);
+        out.push('\n');
+    }
+    out.push_str("event: ");
+    push_single_line(&mut out, name);
+    out.push('\n');
+    for line in data.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+fn push_single_line(out: &mut String, text: &str) {
+    out.extend(text.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')));
+}
+
+/// Opens an SSE stream of the caller's events.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "streaming",
+    params(SseQuery),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`; `authenticated` comes first", content_type = "text/event-stream", body = String),
+        (status = 401, description = "Missing or invalid token", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("access_token" = [])),
+)]
+pub async fn handler(
+    State(state): State<AppState>,
+    Query(query): Query<SseQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let identity = stream_identity(&state, &headers, query.access_token.as_deref())?
+        .ok_or(ApiError::Unauthorized(AuthError::Missing))?;
+    let mut session = Session::open(&state, identity, Transport::Sse);
+
+    let mut opening = vec![
+        Bytes::from(format!("retry: {RETRY_MS}\n\n")),
+        frame(None, names::AUTHENTICATED, &session.authenticated_payload().to_string()),
+    ];
+    let requested = query.rooms.as_deref().unwrap_or("");
+    for room in requested.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        if let Err(refusal) = session.join(&state, room) {
+            opening.push(frame(None, names::ERROR, &refusal.payload().to_string()));
+        }
+    }
+
+    let expiry = Box::pin(tokio::time::sleep(session.time_to_expiry(state.config.jwt_leeway)));
+    let feed = Feed {
+        session,
+        heartbeat: state.heartbeat.clone(),
+        shutdown: state.shutdown.clone(),
+        expiry,
+        pending: opening.into(),
+        finished: false,
+    };
+    let body = Body::from_stream(stream::unfold(feed, |mut feed| async move {
+        let chunk = feed.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), feed))
+    }));
+
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The state of one SSE stream between chunks.
+struct Feed {
+    session: Session,
+    heartbeat: Heartbeat,
+    shutdown: tokio_util::sync::CancellationToken,
+    expiry: Pin<Box<Sleep>>,
+    pending: std::collections::VecDeque<Bytes>,
+    finished: bool,
+}
+
+impl Feed {
+    /// Returns the next bytes to write, or `None` to end the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Some(chunk);
+        }
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => {
+                // The retry hint asks browsers to come back after a pause; ending the
+                // stream makes them reconnect, to this node's successor.
+                Some(Bytes::from(format!("retry: {SHUTDOWN_RETRY_MS}\n\n")))
+            }
+            _ = &mut self.expiry => {
+                let error = crate::events::payload::error("token_expired", "the token has expired; reconnect with a fresh one");
+                Some(frame(None, names::ERROR, &error.to_string()))
+            }
+            delivery = self.session.next() => match delivery {
+                Ok(delivery) => {
+                    self.finished = false;
+                    Some(frame(delivery.id.as_deref(), &delivery.event.name, &delivery.event.data))
+                }
+                Err(_lagged) => {
+                    tracing::info!(user.id = %self.session.identity.user_id, conn.id = %self.session.connection_id, "closing SSE stream that fell behind");
+                    let error = crate::events::payload::error("slow_consumer", "the connection fell behind; reconnect with Last-Event-ID to resume");
+                    Some(frame(None, names::ERROR, &error.to_string()))
+                }
+            },
+            _ = self.heartbeat.tick() => {
+                self.finished = false;
+                Some(Bytes::from_static(b": keep-alive\n\n"))
+            }
+        }
+    }
+}
