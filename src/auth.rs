@@ -75,9 +75,8 @@ impl Verifier {
     /// HS256 secret, which lives as long as the process.
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let (key, algorithms, secret) = if let Some(path) = &config.jwt_public_key_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                format!("NOTIFY_JWT_PUBLIC_KEY_FILE {}: cannot read: {e}", path.display())
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("NOTIFY_JWT_PUBLIC_KEY_FILE {}: cannot read: {e}", path.display()))?;
             if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (key, vec![Algorithm::RS256], None)
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
@@ -123,18 +122,18 @@ impl Verifier {
 
     /// Verifies a token and returns the identity it carries.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)"),
-                ErrorKind::InvalidSignature => AuthError::Invalid("signature does not match"),
-                ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted"),
-                ErrorKind::InvalidIssuer => AuthError::Invalid("issuer not accepted"),
-                ErrorKind::InvalidAudience => AuthError::Invalid("audience not accepted"),
-                ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
-                ErrorKind::Json(_) => AuthError::Invalid("claims have the wrong shape"),
-                _ => AuthError::Invalid("malformed token"),
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)"),
+            ErrorKind::InvalidSignature => AuthError::Invalid("signature does not match"),
+            ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted"),
+            ErrorKind::InvalidIssuer => AuthError::Invalid("issuer not accepted"),
+            ErrorKind::InvalidAudience => AuthError::Invalid("audience not accepted"),
+            ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
+            ErrorKind::Json(_) => AuthError::Invalid("claims have the wrong shape"),
+            _ => AuthError::Invalid("malformed token"),
         })?;
         let claims = data.claims;
         for (value, problem) in [
@@ -147,8 +146,7 @@ impl Verifier {
                 }
             }
         }
-        let is_publisher =
-            claims.role.as_ref().is_some_and(|role| self.publisher_roles.contains(role));
+        let is_publisher = claims.role.as_ref().is_some_and(|role| self.publisher_roles.contains(role));
         Ok(Identity {
             user_id: claims.sub,
             tenant: claims.tenant_id,
@@ -163,10 +161,8 @@ impl Verifier {
     /// Signs a token with the HS256 secret. Fails when the server verifies with a public key,
     /// because it holds no private key then.
     pub fn mint(&self, claims: &Claims) -> Result<String, String> {
-        let secret = self
-            .secret
-            .as_ref()
-            .ok_or("tokens can only be minted with an HS256 secret, not a public key")?;
+        let secret =
+            self.secret.as_ref().ok_or("tokens can only be minted with an HS256 secret, not a public key")?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
             .map_err(|e| format!("failed to sign token: {e}"))
     }

@@ -48,12 +48,7 @@ pub struct Config {
     pub cors_origins: Vec<String>,
 
     /// Comma-separated `role` claim values allowed to publish.
-    #[arg(
-        long,
-        env = "NOTIFY_PUBLISHER_ROLES",
-        value_delimiter = ',',
-        default_value = "service,admin"
-    )]
+    #[arg(long, env = "NOTIFY_PUBLISHER_ROLES", value_delimiter = ',', default_value = "service,admin")]
     pub publisher_roles: Vec<String>,
 
     /// Interval between SSE heartbeat comments and WebSocket pings.
@@ -137,7 +132,10 @@ impl Config {
         }
         for origin in &self.cors_origins {
             if origin == "*" {
-                return Err("NOTIFY_CORS_ORIGINS must list exact origins: `*` cannot be combined with credentials".into());
+                return Err(
+                    "NOTIFY_CORS_ORIGINS must list exact origins: `*` cannot be combined with credentials"
+                        .into(),
+                );
             }
             if !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(format!(
@@ -218,12 +216,9 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
             match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:<redacted>{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => {
+                    format!("{}{}:<redacted>{}", &url[..scheme_end + 3], &userinfo[..colon], &url[at..])
+                }
                 None => url.to_string(),
             }
         }

@@ -112,7 +112,9 @@ async fn serve(config: Config) -> Result<(), String> {
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -132,7 +134,14 @@ fn print_demo(server: &Server, address: std::net::SocketAddr) -> Result<(), Stri
         vec!["demo-room".into()],
         DEMO_TOKEN_TTL,
     ))?;
-    let publisher = verifier.mint(&auth::claims_for("demo-backend", Some("service"), None, None, vec![], DEMO_TOKEN_TTL))?;
+    let publisher = verifier.mint(&auth::claims_for(
+        "demo-backend",
+        Some("service"),
+        None,
+        None,
+        vec![],
+        DEMO_TOKEN_TTL,
+    ))?;
     let base = format!("http://{address}");
     println!(
         "\nNo NOTIFY_JWT_SECRET set: signing with an ephemeral key. These tokens work until this process stops.\n\n\

@@ -33,8 +33,16 @@ impl Metrics {
         let mut out = String::with_capacity(1024);
         let _ = writeln!(out, "# HELP notify_connections Open streaming connections.");
         let _ = writeln!(out, "# TYPE notify_connections gauge");
-        let _ = writeln!(out, "notify_connections{{transport=\"sse\"}} {}", self.sse_connections.load(Ordering::Relaxed));
-        let _ = writeln!(out, "notify_connections{{transport=\"websocket\"}} {}", self.ws_connections.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "notify_connections{{transport=\"sse\"}} {}",
+            self.sse_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "notify_connections{{transport=\"websocket\"}} {}",
+            self.ws_connections.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP notify_rooms Rooms with at least one local connection.");
         let _ = writeln!(out, "# TYPE notify_rooms gauge");
         let _ = writeln!(out, "notify_rooms {rooms}");

@@ -23,7 +23,12 @@ pub async fn create_notifications(
 }
 
 /// Marks one notification read and pushes `notification:read` and the new count.
-pub async fn mark_read(state: &AppState, tenant: &str, user: &str, id: &str) -> Result<Notification, StoreError> {
+pub async fn mark_read(
+    state: &AppState,
+    tenant: &str,
+    user: &str,
+    id: &str,
+) -> Result<Notification, StoreError> {
     let change = state.store.mark_read(tenant, user, id).await?;
     publish(state, &change.events).await;
     Ok(change.value)
@@ -37,14 +42,24 @@ pub async fn mark_all_read(state: &AppState, tenant: &str, user: &str) -> Result
 }
 
 /// Deletes one notification and pushes `notification:deleted` and the new count.
-pub async fn delete_notification(state: &AppState, tenant: &str, user: &str, id: &str) -> Result<(), StoreError> {
+pub async fn delete_notification(
+    state: &AppState,
+    tenant: &str,
+    user: &str,
+    id: &str,
+) -> Result<(), StoreError> {
     let change = state.store.delete_notification(tenant, user, id).await?;
     publish(state, &change.events).await;
     Ok(())
 }
 
 /// Stores a publisher event in a room's log and pushes it to the room.
-pub async fn publish_to_room(state: &AppState, room: &Room, name: &str, payload: Value) -> Result<Arc<Event>, StoreError> {
+pub async fn publish_to_room(
+    state: &AppState,
+    room: &Room,
+    name: &str,
+    payload: Value,
+) -> Result<Arc<Event>, StoreError> {
     let event = state.store.append_event(room, name, payload).await?;
     publish(state, std::slice::from_ref(&event)).await;
     Ok(event)

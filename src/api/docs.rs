@@ -67,7 +67,9 @@ impl Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+            ),
         );
         components.add_security_scheme(
             "access_token",
@@ -141,11 +143,16 @@ window.ui = SwaggerUIBundle({{ url: "/openapi.json", dom_id: "#swagger-ui", deep
 pub async fn asset(Path(file): Path<String>) -> Response {
     static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
     let config = CONFIG.get_or_init(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json"))).clone();
-    if !matches!(file.as_str(), "swagger-ui.css" | "swagger-ui-bundle.js" | "favicon-32x32.png" | "favicon-16x16.png") {
+    if !matches!(
+        file.as_str(),
+        "swagger-ui.css" | "swagger-ui-bundle.js" | "favicon-32x32.png" | "favicon-16x16.png"
+    ) {
         return ApiError::NotFound(format!("no docs asset `{file}`")).into_response();
     }
     match utoipa_swagger_ui::serve(&file, config) {
-        Ok(Some(asset)) => ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes.into_owned()).into_response(),
+        Ok(Some(asset)) => {
+            ([(header::CONTENT_TYPE, asset.content_type)], asset.bytes.into_owned()).into_response()
+        }
         _ => ApiError::NotFound(format!("no docs asset `{file}`")).into_response(),
     }
 }

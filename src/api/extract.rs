@@ -92,12 +92,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 let field = match missing_field(&message) {
                     Some(name) if path == "." => name.to_string(),
                     Some(name) => format!("{path}.{name}"),
+                    None if path == "." => {
+                        let detail = format!("request body must be a JSON object: {message}");
+                        return ApiError::BadRequest { detail, field: None };
+                    }
                     None => path,
                 };
                 ApiError::InvalidField { detail: format!("`{field}`: {message}"), field }
             }
             serde_json::error::Category::Eof if bytes.iter().all(u8::is_ascii_whitespace) => {
-                ApiError::BadRequest { detail: "request body is empty; expected a JSON object".into(), field: None }
+                ApiError::BadRequest {
+                    detail: "request body is empty; expected a JSON object".into(),
+                    field: None,
+                }
             }
             _ => ApiError::BadRequest { detail: format!("malformed JSON: {inner}"), field: None },
         }

@@ -97,9 +97,9 @@ pub struct ListQuery {
 /// is forbidden rather than silently ignored.
 pub fn publisher_tenant(publisher: &Identity, requested: Option<&str>) -> Result<String, ApiError> {
     match (&publisher.tenant, requested) {
-        (Some(own), Some(asked)) if own != asked => Err(ApiError::Forbidden(format!(
-            "this token publishes only in its own tenant, not in `{asked}`"
-        ))),
+        (Some(own), Some(asked)) if own != asked => {
+            Err(ApiError::Forbidden(format!("this token publishes only in its own tenant, not in `{asked}`")))
+        }
         (Some(own), _) => Ok(own.clone()),
         (None, Some(asked)) => {
             validate::identifier(asked).map_err(|p| ApiError::invalid("tenantId", p))?;
@@ -209,7 +209,9 @@ pub async fn list(
         None | Some("all") => StatusFilter::All,
         Some("unread") => StatusFilter::Unread,
         Some("read") => StatusFilter::Read,
-        Some(other) => return Err(bad("status", format!("`status` must be unread, read or all, not `{other}`"))),
+        Some(other) => {
+            return Err(bad("status", format!("`status` must be unread, read or all, not `{other}`")))
+        }
     };
     let limit = match query.get("limit") {
         None => DEFAULT_PAGE,
@@ -221,14 +223,18 @@ pub async fn list(
     let after = match query.get("cursor") {
         None => None,
         Some(text) => Some(
-            PageCursor::decode(text).ok_or_else(|| bad("cursor", "`cursor` is not a cursor this server issued".into()))?,
+            PageCursor::decode(text)
+                .ok_or_else(|| bad("cursor", "`cursor` is not a cursor this server issued".into()))?,
         ),
     };
     let tenant = user.tenant_key();
-    let mut items = state.store.list_notifications(tenant, &user.user_id, status, limit + 1, after.as_ref()).await?;
+    let mut items =
+        state.store.list_notifications(tenant, &user.user_id, status, limit + 1, after.as_ref()).await?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);
-        items.last().map(|n| PageCursor { created_at_ms: n.created_at.timestamp_millis(), id: n.id.clone() }.encode())
+        items
+            .last()
+            .map(|n| PageCursor { created_at_ms: n.created_at.timestamp_millis(), id: n.id.clone() }.encode())
     } else {
         None
     };
@@ -246,7 +252,10 @@ pub async fn list(
     ),
     security(("bearer" = [])),
 )]
-pub async fn unread_count(State(state): State<AppState>, User(user): User) -> Result<Json<UnreadCount>, ApiError> {
+pub async fn unread_count(
+    State(state): State<AppState>,
+    User(user): User,
+) -> Result<Json<UnreadCount>, ApiError> {
     let unread_count = state.store.unread_count(user.tenant_key(), &user.user_id).await?;
     Ok(Json(UnreadCount { unread_count }))
 }
@@ -298,7 +307,10 @@ pub async fn mark_read(
     ),
     security(("bearer" = [])),
 )]
-pub async fn mark_all_read(State(state): State<AppState>, User(user): User) -> Result<Json<ReadAll>, ApiError> {
+pub async fn mark_all_read(
+    State(state): State<AppState>,
+    User(user): User,
+) -> Result<Json<ReadAll>, ApiError> {
     let updated = service::mark_all_read(&state, user.tenant_key(), &user.user_id).await?;
     Ok(Json(ReadAll { updated }))
 }

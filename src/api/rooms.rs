@@ -53,7 +53,10 @@ fn check_event(body: &PublishEvent) -> Result<(), ApiError> {
     };
     if body.event == names::DATA_UPDATED {
         if map.get("type").and_then(|t| t.as_str()).is_none_or(str::is_empty) {
-            return Err(ApiError::invalid("data.type", "is required for `data:updated` and must be a non-empty string"));
+            return Err(ApiError::invalid(
+                "data.type",
+                "is required for `data:updated` and must be a non-empty string",
+            ));
         }
         if !map.contains_key("data") {
             return Err(ApiError::invalid("data.data", "is required for `data:updated`"));
@@ -75,7 +78,9 @@ fn room_from_path(name: &str, tenant: &str) -> Result<Room, ApiError> {
     }
     if let Some(named) = name.strip_prefix("tenant:") {
         if named != tenant {
-            return Err(ApiError::Forbidden(format!("room `{name}` is outside the tenant this request publishes in")));
+            return Err(ApiError::Forbidden(format!(
+                "room `{name}` is outside the tenant this request publishes in"
+            )));
         }
         return Ok(Room::Tenant { tenant: tenant.into() });
     }

@@ -111,8 +111,7 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Change<()>, StoreError>;
 
     /// Appends an event to a room's log and returns it with its position.
-    async fn append_event(&self, room: &Room, name: &str, payload: Value)
-        -> Result<Arc<Event>, StoreError>;
+    async fn append_event(&self, room: &Room, name: &str, payload: Value) -> Result<Arc<Event>, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -39,10 +39,8 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await?;
+        let readers =
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?;
         Ok(SqliteStore { writer, readers })
     }
 }
@@ -107,11 +105,8 @@ impl Store for SqliteStore {
             StatusFilter::Read => " AND status = 'read'",
             StatusFilter::All => "",
         };
-        let after_clause = if after.is_some() {
-            " AND (created_at < ? OR (created_at = ? AND id < ?))"
-        } else {
-            ""
-        };
+        let after_clause =
+            if after.is_some() { " AND (created_at < ? OR (created_at = ? AND id < ?))" } else { "" };
         let sql = format!(
             "SELECT {COLUMNS} FROM notifications WHERE tenant = ? AND user_id = ?{status_clause}{after_clause}
              ORDER BY created_at DESC, id DESC LIMIT ?"

@@ -185,7 +185,8 @@ impl Session {
 
     fn is_own_builtin_room(&self, name: &str) -> bool {
         name.strip_prefix("user:") == Some(self.identity.user_id.as_str())
-            || (self.identity.tenant.is_some() && name.strip_prefix("tenant:") == self.identity.tenant.as_deref())
+            || (self.identity.tenant.is_some()
+                && name.strip_prefix("tenant:") == self.identity.tenant.as_deref())
     }
 
     fn named_room_index(&self, name: &str) -> Option<usize> {

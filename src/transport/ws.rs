@@ -157,8 +157,8 @@ async fn await_authenticate(state: &AppState, socket: &mut WebSocket) -> Option<
 
 fn parse_authenticate(state: &AppState, text: &str) -> Result<Identity, Refusal> {
     let unauthorized = |message: String| Refusal { code: "unauthorized", message };
-    let message: ClientMessage = serde_json::from_str(text)
-        .map_err(|e| unauthorized(format!("invalid message: {e}")))?;
+    let message: ClientMessage =
+        serde_json::from_str(text).map_err(|e| unauthorized(format!("invalid message: {e}")))?;
     if message.event != "authenticate" {
         return Err(unauthorized("the first message must be `authenticate`".into()));
     }
@@ -273,12 +273,19 @@ async fn handle_message(state: &AppState, session: &mut Session, text: &str) -> 
 
     match message.event.as_str() {
         "authenticate" => match parse_authenticate(state, text) {
-            Ok(fresh) if fresh.user_id == session.identity.user_id && fresh.tenant == session.identity.tenant => {
+            Ok(fresh)
+                if fresh.user_id == session.identity.user_id && fresh.tenant == session.identity.tenant =>
+            {
                 session.identity = fresh;
                 let renewed = Renewed(session.time_to_expiry(state.config.jwt_leeway));
                 Reply { frame: answer(json!({ "success": true })), renewed: Some(renewed) }
             }
-            Ok(_) => Some(error_frame(ack, "forbidden", "the token belongs to another user; open a new connection for it")).into(),
+            Ok(_) => Some(error_frame(
+                ack,
+                "forbidden",
+                "the token belongs to another user; open a new connection for it",
+            ))
+            .into(),
             Err(refusal) => Some(error_frame(ack, refusal.code, &refusal.message)).into(),
         },
         names::MARK_READ => {
@@ -288,7 +295,9 @@ async fn handle_message(state: &AppState, session: &mut Session, text: &str) -> 
             let tenant = session.identity.tenant_key().to_string();
             match service::mark_read(state, &tenant, &session.identity.user_id, id).await {
                 Ok(_) => answer(json!({ "notificationId": id, "success": true })).into(),
-                Err(StoreError::NotFound) => Some(error_frame(ack, "not_found", "notification not found")).into(),
+                Err(StoreError::NotFound) => {
+                    Some(error_frame(ack, "not_found", "notification not found")).into()
+                }
                 Err(error) => {
                     tracing::error!(%error, conn.id = %session.connection_id, "mark_read failed");
                     Some(error_frame(ack, "internal", "internal error; the server log has the cause")).into()
