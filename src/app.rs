@@ -32,6 +32,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down; every stream watches it.
     pub shutdown: CancellationToken,
+    /// Random per process, so connection ids stay unique across the nodes of a cluster.
+    node_id: String,
     next_connection: AtomicU64,
 }
 
@@ -56,13 +58,15 @@ impl AppState {
             heartbeat,
             metrics: Arc::default(),
             shutdown,
+            node_id: format!("{:08x}", rand::random::<u32>()),
             next_connection: AtomicU64::new(1),
         }))
     }
 
-    /// Returns a connection id unique within this process, e.g. `c-17`.
+    /// Returns a new connection id, e.g. `3fa2c01b-17`: this process's random id, then a
+    /// counter.
     pub fn next_connection_id(&self) -> String {
-        format!("c-{}", self.0.next_connection.fetch_add(1, Ordering::Relaxed))
+        format!("{}-{}", self.node_id, self.0.next_connection.fetch_add(1, Ordering::Relaxed))
     }
 }
 

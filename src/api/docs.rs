@@ -3,7 +3,6 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::{
-    extract::{Path, Query},
     http::header,
     response::{Html, IntoResponse, Response},
 };
@@ -16,7 +15,7 @@ use utoipa::{
 use super::{health, notifications, presence, rooms};
 use crate::{
     events::Notification,
-    problem::{ApiError, Problem},
+    problem::{ApiError, Path, Problem, Query},
     store::StatusFilter,
     transport,
 };

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     http::StatusCode,
     Json,
 };
@@ -16,7 +16,7 @@ use crate::{
     app::AppState,
     auth::Identity,
     events::Notification,
-    problem::{ApiError, Problem},
+    problem::{ApiError, Path, Problem, Query},
     service,
     store::{NewNotification, PageCursor, StatusFilter},
     validate,

@@ -1,7 +1,7 @@
 //! REST handlers for presence: who is connected, counted from the connection registry.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     Json,
 };
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{extract::Publisher, notifications::publisher_tenant};
 use crate::{
     app::AppState,
-    problem::{ApiError, Problem},
+    problem::{ApiError, Path, Problem, Query},
     validate,
 };
 

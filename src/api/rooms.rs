@@ -1,7 +1,7 @@
 //! REST handlers for publisher events to a room or to a whole tenant.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     Json,
 };
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     app::AppState,
     events::{names, Room},
-    problem::{ApiError, Problem},
+    problem::{ApiError, Path, Problem},
     service, validate,
 };
 

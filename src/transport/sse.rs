@@ -4,7 +4,7 @@ use std::{convert::Infallible, pin::Pin};
 
 use axum::{
     body::Body,
-    extract::{Query, State},
+    extract::State,
     http::{header, HeaderMap, HeaderValue},
     response::{IntoResponse, Response},
 };
@@ -17,7 +17,13 @@ use super::{
     session::{Session, Transport},
     stream_identity,
 };
-use crate::{app::AppState, auth::AuthError, events::names, hub::Heartbeat, problem::ApiError};
+use crate::{
+    app::AppState,
+    auth::AuthError,
+    events::names,
+    hub::Heartbeat,
+    problem::{ApiError, Query},
+};
 
 /// Reconnect delay suggested to clients at the start of a stream, in milliseconds.
 pub const RETRY_MS: u64 = 2_000;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::{
     extract::{
         ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket},
-        Query, State, WebSocketUpgrade,
+        State, WebSocketUpgrade,
     },
     http::HeaderMap,
     response::Response,
@@ -22,7 +22,7 @@ use crate::{
     auth::{AuthError, Identity},
     events::{names, payload},
     hub::Lagged,
-    problem::ApiError,
+    problem::{ApiError, Query},
     service,
     store::StoreError,
 };

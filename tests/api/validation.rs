@@ -119,6 +119,7 @@ async fn bad_query_and_path_values() {
         assert_problem(app.get(path, &alice).await, 400, Some(field)).await;
     }
     assert_problem(app.post("/v1/notifications/ab%0Acd/read", &alice).await, 400, Some("id")).await;
+    assert_problem(app.post("/v1/notifications/%FF/read", &alice).await, 400, None).await;
     let publisher = publisher_token();
     assert_problem(app.get("/v1/presence/bo%0Db", &publisher).await, 400, Some("userId")).await;
 }
