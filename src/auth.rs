@@ -104,14 +104,21 @@ impl Verifier {
         validation.leeway = config.jwt_leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken only compares `iss` and `aud` when a token has them, so a configured
+        // check must also make the claim required.
+        let mut required = vec!["exp", "sub"];
         match &config.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &config.jwt_issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Verifier {
             key,
             validation,

@@ -1,4 +1,5 @@
-//! The HTTP error type: every failure a client sees, rendered as RFC 9457 problem+json.
+//! The HTTP error type: every failure returned to a client, rendered as RFC 9457
+//! problem+json.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
@@ -8,7 +9,7 @@ use serde::Serialize;
 
 use crate::{auth::AuthError, store::StoreError};
 
-/// An error answered to an HTTP request. Internal causes are logged once and never shown.
+/// An error returned for an HTTP request. Internal causes are logged once and never shown.
 #[derive(Debug)]
 pub enum ApiError {
     /// 400: the request cannot be parsed (malformed JSON, bad query or path).
@@ -43,7 +44,7 @@ pub struct Problem {
     /// The HTTP status phrase.
     pub title: String,
     pub status: u16,
-    /// What went wrong, naming the field or value at fault.
+    /// A description of the failure that names the field or value at fault.
     pub detail: String,
     /// A stable machine-readable code such as `invalid_field` or `token_expired`.
     pub code: &'static str,

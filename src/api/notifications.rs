@@ -2,11 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    Json,
-};
+use axum::{extract::State, http::StatusCode, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -153,7 +149,7 @@ fn content(body: CreateNotifications) -> Result<NewNotification, ApiError> {
 
 /// Create notifications for one or more users.
 ///
-/// Answers 201 only after the notifications are committed; each recipient's connections then
+/// Returns 201 only after the notifications are committed; each recipient's connections then
 /// get `notification:new` and `notification:unread_count`.
 #[utoipa::path(
     post,

@@ -1,9 +1,6 @@
 //! REST handlers for presence: who is connected, counted from the connection registry.
 
-use axum::{
-    extract::State,
-    Json,
-};
+use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -1,10 +1,6 @@
 //! REST handlers for publisher events to a room or to a whole tenant.
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    Json,
-};
+use axum::{extract::State, http::StatusCode, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -36,7 +32,7 @@ pub struct PublishEvent {
     pub tenant_id: Option<String>,
 }
 
-/// What was published.
+/// The room, event name and log position of a published event.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Published {
     /// The room as the request named it; `tenant:<id>` for a broadcast.

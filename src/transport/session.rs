@@ -1,4 +1,4 @@
-//! What SSE and WebSocket connections share: identity, room memberships, position and
+//! The state SSE and WebSocket connections share: identity, room memberships, position and
 //! presence of one open connection.
 
 use std::{
@@ -41,12 +41,12 @@ pub struct Delivery {
 
 /// A request a client may not make on this connection, sent back as an `error` event.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Rejection {
     pub code: &'static str,
     pub message: String,
 }
 
-impl Refusal {
+impl Rejection {
     pub fn payload(&self) -> Value {
         payload::error(self.code, &self.message)
     }
@@ -111,27 +111,27 @@ impl Session {
 
     /// Joins a named room that the token grants. The user's own `user:` and `tenant:` rooms
     /// are joined already, so naming them again succeeds without change.
-    pub fn join(&mut self, state: &AppState, name: &str) -> Result<(), Refusal> {
+    pub fn join(&mut self, state: &AppState, name: &str) -> Result<(), Rejection> {
         if let Err(problem) = validate::identifier(name) {
-            return Err(Refusal { code: "invalid_room", message: format!("room name {problem}") });
+            return Err(Rejection { code: "invalid_room", message: format!("room name {problem}") });
         }
         if self.is_own_builtin_room(name) || self.named_room_index(name).is_some() {
             return Ok(());
         }
         if name.starts_with("user:") || name.starts_with("tenant:") {
-            return Err(Refusal {
+            return Err(Rejection {
                 code: "room_forbidden",
                 message: format!("room `{name}` belongs to another user or tenant"),
             });
         }
         if !self.identity.rooms.iter().any(|granted| granted == name) {
-            return Err(Refusal {
+            return Err(Rejection {
                 code: "room_forbidden",
                 message: format!("room `{name}` is not granted by this token's rooms claim"),
             });
         }
         if self.subscriptions.len() - 2 >= self.max_rooms {
-            return Err(Refusal {
+            return Err(Rejection {
                 code: "room_limit",
                 message: format!("a connection may join at most {} rooms", self.max_rooms),
             });

@@ -27,7 +27,7 @@ use crate::{
 
 /// Reconnect delay suggested to clients at the start of a stream, in milliseconds.
 pub const RETRY_MS: u64 = 2_000;
-/// Reconnect delay suggested when the server shuts down, in milliseconds; it spreads the
+/// Reconnect delay suggested when the server shuts down, in milliseconds. It spreads the
 /// reconnects of many clients over the time another node needs to take them.
 pub const SHUTDOWN_RETRY_MS: u64 = 5_000;
 
@@ -94,8 +94,8 @@ pub async fn handler(
     ];
     let requested = query.rooms.as_deref().unwrap_or("");
     for room in requested.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-        if let Err(refusal) = session.join(&state, room) {
-            opening.push(frame(None, names::ERROR, &refusal.payload().to_string()));
+        if let Err(rejection) = session.join(&state, room) {
+            opening.push(frame(None, names::ERROR, &rejection.payload().to_string()));
         }
     }
 
@@ -144,8 +144,8 @@ impl Feed {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => {
-                // The retry hint asks browsers to come back after a pause; ending the
-                // stream makes them reconnect, to this node's successor.
+                // The retry hint makes browsers wait before reconnecting, and ending the
+                // stream makes them reconnect to this node's successor.
                 Some(Bytes::from(format!("retry: {SHUTDOWN_RETRY_MS}\n\n")))
             }
             _ = &mut self.expiry => {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    session::{Refusal, Session, Transport},
+    session::{Rejection, Session, Transport},
     stream_identity,
 };
 use crate::{
@@ -145,7 +145,7 @@ async fn await_authenticate(state: &AppState, socket: &mut WebSocket) -> Option<
         Err(_) => ("auth_timeout", "no authenticate message in time".to_string()),
         Ok(Some(Ok(Message::Text(text)))) => match parse_authenticate(state, &text) {
             Ok(identity) => return Some(identity),
-            Err(refusal) => (refusal.code, refusal.message),
+            Err(rejection) => (rejection.code, rejection.message),
         },
         Ok(Some(Ok(_))) => ("unauthorized", "the first message must be `authenticate`".to_string()),
         Ok(_) => return None,
@@ -155,8 +155,8 @@ async fn await_authenticate(state: &AppState, socket: &mut WebSocket) -> Option<
     None
 }
 
-fn parse_authenticate(state: &AppState, text: &str) -> Result<Identity, Refusal> {
-    let unauthorized = |message: String| Refusal { code: "unauthorized", message };
+fn parse_authenticate(state: &AppState, text: &str) -> Result<Identity, Rejection> {
+    let unauthorized = |message: String| Rejection { code: "unauthorized", message };
     let message: ClientMessage =
         serde_json::from_str(text).map_err(|e| unauthorized(format!("invalid message: {e}")))?;
     if message.event != "authenticate" {
@@ -167,26 +167,26 @@ fn parse_authenticate(state: &AppState, text: &str) -> Result<Identity, Refusal>
         return Err(unauthorized("`data.token` is missing".into()));
     }
     state.verifier.verify(token).map_err(|e| match e {
-        AuthError::Expired => Refusal { code: "token_expired", message: e.to_string() },
+        AuthError::Expired => Rejection { code: "token_expired", message: e.to_string() },
         e => unauthorized(e.to_string()),
     })
 }
 
-/// Why a socket loop ended, for the log.
+/// The reason a socket loop ended, for the log.
 enum End {
     Closed(&'static str),
     Sent(u16, &'static str),
 }
 
-/// The loop of an authenticated socket. Every branch that can end the socket watches the
+/// Runs the loop of an authenticated socket. Every branch that can end the socket watches the
 /// shutdown token, because axum does not wait for WebSocket tasks on shutdown.
 async fn run(state: &AppState, socket: &mut WebSocket, session: &mut Session) {
     let mut heartbeat = state.heartbeat.clone();
     let leeway = state.config.jwt_leeway;
     let expiry = tokio::time::sleep(session.time_to_expiry(leeway));
     tokio::pin!(expiry);
-    // Set when a ping is sent and cleared by any frame from the peer; still set at the next
-    // tick means the peer has been silent for a whole interval.
+    // Set when a ping is sent and cleared by any frame from the peer. If it is still set at
+    // the next tick, the peer has been silent for a whole interval.
     let mut awaiting_pong = false;
 
     let end = loop {
@@ -286,7 +286,7 @@ async fn handle_message(state: &AppState, session: &mut Session, text: &str) -> 
                 "the token belongs to another user; open a new connection for it",
             ))
             .into(),
-            Err(refusal) => Some(error_frame(ack, refusal.code, &refusal.message)).into(),
+            Err(rejection) => Some(error_frame(ack, rejection.code, &rejection.message)).into(),
         },
         names::MARK_READ => {
             let Some(id) = field("notificationId") else {
@@ -312,7 +312,7 @@ async fn handle_message(state: &AppState, session: &mut Session, text: &str) -> 
             if message.event == "room:join" {
                 match session.join(state, &room) {
                     Ok(()) => answer(json!({ "room": room, "success": true })).into(),
-                    Err(refusal) => Some(error_frame(ack, refusal.code, &refusal.message)).into(),
+                    Err(rejection) => Some(error_frame(ack, rejection.code, &rejection.message)).into(),
                 }
             } else {
                 let left = session.leave(&room);

@@ -214,9 +214,9 @@ async fn ws_reauthenticate_extends_and_rejects_other_users() {
     let mut ws = WsClient::connect(&app, &Claims::user("alice").ttl(2).token()).await;
 
     ws.send(json!({ "event": "authenticate", "data": { "token": user_token("mallory") }, "ack": 1 })).await;
-    let refused = ws.next_ack(1).await;
-    assert_eq!((refused.name.as_str(), refused.ack), ("error", Some(1)));
-    assert_eq!(refused.data["code"], "forbidden");
+    let rejected = ws.next_ack(1).await;
+    assert_eq!((rejected.name.as_str(), rejected.ack), ("error", Some(1)));
+    assert_eq!(rejected.data["code"], "forbidden");
 
     ws.send(json!({ "event": "authenticate", "data": { "token": Claims::user("alice").ttl(3600).token() }, "ack": 2 })).await;
     let renewed = ws.next_ack(2).await;
@@ -255,5 +255,61 @@ impl WsClientRaw {
                 _ => return None,
             }
         }
+    }
+}
+
+fn key_path(name: &str) -> String {
+    format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn public_keys_verify_rs256_and_es256() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let claims = Claims::user("alice").json();
+    for (public, private, algorithm) in [
+        ("rsa-public.pem", "rsa-private.pem", Algorithm::RS256),
+        ("ec-public.pem", "ec-private.pem", Algorithm::ES256),
+    ] {
+        let app = spawn_app_with(&["--jwt-public-key-file", &key_path(public)]).await;
+        let pem = std::fs::read(key_path(private)).unwrap();
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem).unwrap(),
+            _ => EncodingKey::from_ec_pem(&pem).unwrap(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).unwrap();
+        assert_eq!(app.get("/v1/notifications", &token).await.status(), 200, "{algorithm:?} accepted");
+        // An HS256 token signed with the public key as a secret is the classic confusion attack.
+        let public_pem = std::fs::read_to_string(key_path(public)).unwrap();
+        let confused = sign(&claims, &public_pem);
+        assert_eq!(
+            app.get("/v1/notifications", &confused).await.status(),
+            401,
+            "{algorithm:?}: HS256 rejected"
+        );
+    }
+}
+
+#[tokio::test]
+async fn issuer_audience_and_not_before_are_checked() {
+    let app =
+        spawn_app_with(&["--jwt-issuer", "erp", "--jwt-audience", "notify", "--jwt-leeway", "5s"]).await;
+    let base = Claims::user("alice").json();
+    let with = |extra: serde_json::Value| {
+        let mut claims = base.clone();
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        sign(&claims, SECRET)
+    };
+    let now = chrono::Utc::now().timestamp();
+    let cases = [
+        ("right issuer and audience", with(json!({ "iss": "erp", "aud": "notify" })), 200),
+        ("wrong issuer", with(json!({ "iss": "other", "aud": "notify" })), 401),
+        ("wrong audience", with(json!({ "iss": "erp", "aud": "other" })), 401),
+        ("no issuer", with(json!({ "aud": "notify" })), 401),
+        ("nbf in the future", with(json!({ "iss": "erp", "aud": "notify", "nbf": now + 600 })), 401),
+        ("nbf inside the leeway", with(json!({ "iss": "erp", "aud": "notify", "nbf": now + 2 })), 200),
+        ("exp inside the leeway", with(json!({ "iss": "erp", "aud": "notify", "exp": now - 2 })), 200),
+    ];
+    for (label, token, status) in cases {
+        assert_eq!(app.get("/v1/notifications", &token).await.status(), status, "{label}");
     }
 }

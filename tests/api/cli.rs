@@ -174,9 +174,9 @@ async fn query_tokens_never_reach_the_logs() {
     let http = reqwest::Client::new();
     let stream = http.get(format!("http://{address}/v1/events?access_token={token}")).send().await.unwrap();
     let sse = SseClient::from_response(stream).await;
-    let refused =
+    let rejected =
         http.get(format!("http://{address}/v1/events?access_token={bad_token}")).send().await.unwrap();
-    assert_eq!(refused.status(), 401);
+    assert_eq!(rejected.status(), 401);
     let (ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{address}/v1/ws?access_token={token}")).await.unwrap();
     drop(ws);

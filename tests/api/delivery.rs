@@ -197,7 +197,7 @@ async fn delete_and_read_all_push_to_every_device() {
 
     assert_eq!(phone.next_named("notification:deleted").await.data["notificationId"], first["id"]);
     assert_eq!(phone.next_named("notification:read").await.data["success"], true);
-    // The laptop sees every change in order, each followed by the count it caused.
+    // The laptop receives every change in order, each followed by the count it caused.
     let mut seen = Vec::new();
     while seen.last().map(String::as_str) != Some("notification:unread_count 0") {
         let event = laptop.next().await;

@@ -14,16 +14,16 @@ async fn granted_rooms_receive_room_events() {
     let publisher = publisher_token();
     let token = Claims::user("alice").rooms(&["orders", "sales"]).token();
     let mut sse = SseClient::connect_query(&app, &format!("access_token={token}&rooms=orders,secret")).await;
-    let refused = sse.next_named("error").await;
-    assert_eq!(refused.data["code"], "room_forbidden");
+    let rejected = sse.next_named("error").await;
+    assert_eq!(rejected.data["code"], "room_forbidden");
 
     let mut ws = WsClient::connect(&app, &token).await;
     ws.send(json!({ "event": "room:join", "data": { "room": "sales" }, "ack": 1 })).await;
     let joined = ws.next_ack(1).await;
     assert_eq!((joined.name.as_str(), joined.ack), ("room:join", Some(1)));
     ws.send(json!({ "event": "room:join", "data": { "room": "secret" }, "ack": 2 })).await;
-    let refused = ws.next_ack(2).await;
-    assert_eq!((refused.name.as_str(), refused.data["code"].as_str()), ("error", Some("room_forbidden")));
+    let rejected = ws.next_ack(2).await;
+    assert_eq!((rejected.name.as_str(), rejected.data["code"].as_str()), ("error", Some("room_forbidden")));
 
     let body = json!({ "event": "data:updated", "data": { "type": "order", "data": { "id": 7 } } });
     let response = publish(&app, &publisher, "/v1/rooms/orders/events", body).await;

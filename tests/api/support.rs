@@ -13,8 +13,8 @@ use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
 use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
-/// Longest wait for any single expected event. Generous, because CI machines are noisy;
-/// tests never sleep for it, they only fail after it.
+/// Maximum wait for any single expected event. It is generous because CI machines are noisy,
+/// and tests never sleep for it: they only fail after it.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Parser)]
@@ -76,7 +76,7 @@ impl TestApp {
         self.http.post(self.url("/v1/notifications")).bearer_auth(publisher).json(&body).send().await.unwrap()
     }
 
-    /// Creates one notification and returns it, failing the test unless the answer is 201.
+    /// Creates one notification and returns it, failing the test unless the status is 201.
     pub async fn notify(&self, publisher: &str, user: &str, title: &str) -> Value {
         let body = json!({ "userId": user, "title": title, "message": "m", "type": "info" });
         let response = self.create(publisher, body).await;
