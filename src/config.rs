@@ -55,6 +55,12 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// Longest a peer may stay silent (no pong, no frame) or leave sent data unacknowledged
+    /// before its connection is dropped. Checked at each heartbeat, so a dead peer goes
+    /// within this time plus one heartbeat interval.
+    #[arg(long, env = "NOTIFY_PEER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+
     /// Time a WebSocket client has to send `authenticate` when it connected without a token.
     #[arg(long, env = "NOTIFY_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
@@ -67,6 +73,22 @@ pub struct Config {
     /// Events one connection may fall behind before it is closed and told to resume.
     #[arg(long, env = "NOTIFY_CONNECTION_QUEUE", default_value_t = 256)]
     pub connection_queue: usize,
+
+    /// Events kept per room for resume; older ones are pruned.
+    #[arg(long, env = "NOTIFY_RETENTION_COUNT", default_value_t = 1000)]
+    pub retention_count: u32,
+
+    /// Age after which events are pruned, e.g. `7d`.
+    #[arg(long, env = "NOTIFY_RETENTION_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub retention_age: Duration,
+
+    /// Interval between runs of the background pruner.
+    #[arg(long, env = "NOTIFY_PRUNE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+
+    /// Maximum open streaming connections per user; more are rejected with 429.
+    #[arg(long, env = "NOTIFY_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: usize,
 
     /// Maximum REST request body, in bytes.
     #[arg(long, env = "NOTIFY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
@@ -149,6 +171,15 @@ impl Config {
         if self.heartbeat_interval < Duration::from_secs(1) {
             return Err("NOTIFY_HEARTBEAT_INTERVAL must be at least 1s".into());
         }
+        if self.peer_timeout < self.heartbeat_interval {
+            return Err("NOTIFY_PEER_TIMEOUT must be at least NOTIFY_HEARTBEAT_INTERVAL".into());
+        }
+        if self.retention_count == 0 {
+            return Err("NOTIFY_RETENTION_COUNT must be at least 1".into());
+        }
+        if self.max_connections_per_user == 0 {
+            return Err("NOTIFY_MAX_CONNECTIONS_PER_USER must be at least 1".into());
+        }
         if self.connection_queue == 0 {
             return Err("NOTIFY_CONNECTION_QUEUE must be at least 1".into());
         }
@@ -191,7 +222,12 @@ impl fmt::Debug for Config {
             .field("cors_origins", &self.cors_origins)
             .field("publisher_roles", &self.publisher_roles)
             .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("peer_timeout", &self.peer_timeout)
             .field("auth_timeout", &self.auth_timeout)
+            .field("retention_count", &self.retention_count)
+            .field("retention_age", &self.retention_age)
+            .field("prune_interval", &self.prune_interval)
+            .field("max_connections_per_user", &self.max_connections_per_user)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("connection_queue", &self.connection_queue)
             .field("max_body_bytes", &self.max_body_bytes)

@@ -3,7 +3,7 @@
 //! Every event is serialized once, when it is published; connections share the same
 //! `Arc<Event>` and only add their own id around the ready JSON.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, fmt::Write as _, sync::Arc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -110,9 +110,9 @@ impl Event {
 
 /// A connection's position in each of its rooms, sent to clients as the event id.
 ///
-/// One id must resume every room a connection follows, so the id lists them all:
-/// `u:12.t:3.r-orders:5` means user event 12, tenant event 3 and event 5 of room `orders`.
-/// Rooms the connection has no position for yet are left out.
+/// One id must resume every room a connection follows, so the id lists them all, then a tag
+/// of the user it belongs to: `u:12.t:3.r-orders:5~1a2b3c4d` means user event 12, tenant
+/// event 3 and event 5 of room `orders`, for the user whose tag is `1a2b3c4d`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     positions: BTreeMap<Label, i64>,
@@ -125,23 +125,37 @@ enum Label {
     Named(String),
 }
 
+impl Label {
+    fn of(room: &Room) -> Self {
+        match room {
+            Room::User { .. } => Label::User,
+            Room::Tenant { .. } => Label::Tenant,
+            Room::Named { name, .. } => Label::Named(name.clone()),
+        }
+    }
+}
+
+/// Why a client's event id was rejected.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    #[error("invalid event id: {0}")]
+    Malformed(String),
+    #[error("the event id belongs to another user")]
+    OtherUser,
+}
+
 impl Cursor {
     /// Records that the event `seq` of `room` was delivered. Returns false when the
     /// connection already has it, so the caller drops the duplicate.
     pub fn advance(&mut self, room: &Room, seq: i64) -> bool {
-        let label = match room {
-            Room::User { .. } => Label::User,
-            Room::Tenant { .. } => Label::Tenant,
-            Room::Named { name, .. } => Label::Named(name.clone()),
-        };
-        match self.positions.get_mut(&label) {
+        match self.positions.get_mut(&Label::of(room)) {
             Some(last) if *last >= seq => false,
             Some(last) => {
                 *last = seq;
                 true
             }
             None => {
-                self.positions.insert(label, seq);
+                self.positions.insert(Label::of(room), seq);
                 true
             }
         }
@@ -149,63 +163,80 @@ impl Cursor {
 
     /// Returns the last position delivered in `room`, if any.
     pub fn position(&self, room: &Room) -> Option<i64> {
-        let label = match room {
-            Room::User { .. } => Label::User,
-            Room::Tenant { .. } => Label::Tenant,
-            Room::Named { name, .. } => Label::Named(name.clone()),
-        };
-        self.positions.get(&label).copied()
+        self.positions.get(&Label::of(room)).copied()
     }
 
-    /// Parses an id produced by [`Cursor::to_string`].
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Sets the position in `room`, also backwards.
+    pub fn set(&mut self, room: &Room, seq: i64) {
+        self.positions.insert(Label::of(room), seq);
+    }
+
+    /// Drops the position in `room`, for a room the connection left.
+    pub fn forget(&mut self, room: &Room) {
+        self.positions.remove(&Label::of(room));
+    }
+
+    /// Formats the cursor as an event id for the user whose tag is `owner`.
+    pub fn encode(&self, owner: &str) -> String {
+        let mut out = String::with_capacity(24 + owner.len());
+        for (i, (label, seq)) in self.positions.iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            let _ = match label {
+                Label::User => write!(out, "u:{seq}"),
+                Label::Tenant => write!(out, "t:{seq}"),
+                Label::Named(name) => write!(out, "r-{}:{seq}", utf8_percent_encode(name, KEY_SET)),
+            };
+        }
+        out.push('~');
+        out.push_str(owner);
+        out
+    }
+
+    /// Parses an id produced by [`Cursor::encode`] and checks that it belongs to `owner`.
+    pub fn decode(text: &str, owner: &str) -> Result<Self, CursorError> {
+        let malformed = |why: String| CursorError::Malformed(why);
+        let (body, tag) = text.rsplit_once('~').ok_or_else(|| malformed("missing user tag".into()))?;
+        if tag != owner {
+            return Err(CursorError::OtherUser);
+        }
         let mut cursor = Cursor::default();
-        for part in text.split('.') {
-            let (label, seq) =
-                part.rsplit_once(':').ok_or_else(|| format!("invalid event id part `{part}`"))?;
-            let seq: i64 = seq.parse().map_err(|_| format!("invalid position in event id part `{part}`"))?;
+        for part in body.split('.') {
+            let (label, seq) = part.rsplit_once(':').ok_or_else(|| malformed(format!("part `{part}`")))?;
+            let seq: i64 = seq.parse().map_err(|_| malformed(format!("position in part `{part}`")))?;
             if seq < 0 {
-                return Err(format!("negative position in event id part `{part}`"));
+                return Err(malformed(format!("negative position in part `{part}`")));
             }
             let label = match label {
                 "u" => Label::User,
                 "t" => Label::Tenant,
                 named => {
-                    let encoded = named
-                        .strip_prefix("r-")
-                        .ok_or_else(|| format!("unknown room label in event id part `{part}`"))?;
+                    let encoded = named.strip_prefix("r-").ok_or_else(|| malformed(format!("room label in part `{part}`")))?;
                     let name = percent_decode_str(encoded)
                         .decode_utf8()
-                        .map_err(|_| format!("invalid room name in event id part `{part}`"))?;
+                        .map_err(|_| malformed(format!("room name in part `{part}`")))?;
                     Label::Named(name.into_owned())
                 }
             };
             if cursor.positions.insert(label, seq).is_some() {
-                return Err(format!("room repeated in event id part `{part}`"));
+                return Err(malformed(format!("room repeated in part `{part}`")));
             }
         }
         Ok(cursor)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
-    }
 }
 
-impl fmt::Display for Cursor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (label, seq)) in self.positions.iter().enumerate() {
-            if i > 0 {
-                f.write_str(".")?;
-            }
-            match label {
-                Label::User => write!(f, "u:{seq}")?,
-                Label::Tenant => write!(f, "t:{seq}")?,
-                Label::Named(name) => write!(f, "r-{}:{seq}", utf8_percent_encode(name, KEY_SET))?,
-            }
-        }
-        Ok(())
+/// Returns the tag that binds event ids to one user: FNV-1a (32 bits) of tenant and user, in
+/// hex. It catches ids sent to the wrong user by mistake; it is not a secret, because an id
+/// only ever replays the caller's own rooms.
+pub fn owner_tag(tenant: &str, user: &str) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in tenant.bytes().chain([0u8]).chain(user.bytes()) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
     }
+    format!("{hash:08x}")
 }
 
 /// A stored notification as clients see it.
@@ -295,12 +326,13 @@ mod tests {
         let mut cursor = Cursor::default();
         assert!(cursor.advance(&Room::User { tenant: tenant.clone(), user: "u1".into() }, 12));
         assert!(cursor.advance(&Room::Tenant { tenant: tenant.clone() }, 3));
-        let odd = Room::Named { tenant, name: "orders.eu:1 ñ".into() };
+        let odd = Room::Named { tenant, name: "orders.eu:1 ñ~".into() };
         assert!(cursor.advance(&odd, 5));
 
-        let text = cursor.to_string();
+        let owner = owner_tag("acme", "u1");
+        let text = cursor.encode(&owner);
         assert!(text.bytes().all(|b| b.is_ascii_graphic()), "id `{text}` must be header-safe");
-        assert_eq!(Cursor::parse(&text).unwrap(), cursor);
+        assert_eq!(Cursor::decode(&text, &owner).unwrap(), cursor);
     }
 
     #[test]
@@ -315,9 +347,21 @@ mod tests {
 
     #[test]
     fn cursor_rejects_bad_text() {
+        let owner = owner_tag("", "u");
         for bad in ["", "u", "u:x", "u:-1", "q:1", "u:1.u:2", "r-%ff:1"] {
-            assert!(Cursor::parse(bad).is_err(), "`{bad}` should be rejected");
+            let text = format!("{bad}~{owner}");
+            assert!(matches!(Cursor::decode(&text, &owner), Err(CursorError::Malformed(_))), "`{text}`");
         }
+        assert!(matches!(Cursor::decode("u:1", &owner), Err(CursorError::Malformed(_))));
+        let other = owner_tag("", "v");
+        assert_eq!(Cursor::decode(&format!("u:1~{other}"), &owner), Err(CursorError::OtherUser));
+    }
+
+    #[test]
+    fn owner_tags_differ_by_tenant_and_user() {
+        assert_ne!(owner_tag("a", "bc"), owner_tag("ab", "c"));
+        assert_ne!(owner_tag("", "alice"), owner_tag("acme", "alice"));
+        assert_eq!(owner_tag("acme", "alice").len(), 8);
     }
 
     #[test]

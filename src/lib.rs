@@ -33,7 +33,16 @@ use std::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::AppState, auth::Verifier, broker::MemoryBroker, config::Config, hub::Hub};
+use axum::serve::ListenerExt;
+
+use crate::{
+    app::AppState,
+    auth::Verifier,
+    broker::MemoryBroker,
+    config::Config,
+    hub::Hub,
+    store::{spawn_pruner, Retention},
+};
 
 /// A server ready to serve: its state is built and its store is open.
 pub struct Server {
@@ -76,6 +85,14 @@ impl Server {
         let token = state.shutdown.clone();
         let router = api::router(state.clone());
         tracing::info!(address = %listener.local_addr()?, "listening");
+        let retention = Retention {
+            per_room: state.config.retention_count,
+            max_age: state.config.retention_age,
+            interval: state.config.prune_interval,
+        };
+        let pruner = spawn_pruner(Arc::clone(&state.store), retention, Arc::clone(&state.metrics), token.clone());
+        let peer_timeout = state.config.peer_timeout;
+        let listener = listener.tap_io(move |tcp| tune_socket(tcp, peer_timeout));
 
         let stop = token.clone();
         let server = axum::serve(listener, router.into_make_service()).with_graceful_shutdown(async move {
@@ -90,8 +107,25 @@ impl Server {
                 tracing::warn!(seconds = drain.as_secs(), "drain deadline passed; closing open connections");
             }
         }
+        token.cancel();
+        let _ = pruner.await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Sets the options every accepted connection gets. `TCP_USER_TIMEOUT` makes the kernel drop
+/// a peer that leaves sent data unacknowledged (or its receive window shut) for longer than
+/// the peer timeout, which catches stalled readers the application cannot see while hyper
+/// holds their bytes. Keepalive probes find peers that vanished while idle.
+fn tune_socket(tcp: &mut tokio::net::TcpStream, peer_timeout: std::time::Duration) {
+    let _ = tcp.set_nodelay(true);
+    let socket = socket2::SockRef::from(&*tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(peer_timeout)
+        .with_interval(peer_timeout / 3 + std::time::Duration::from_secs(1));
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket.set_tcp_user_timeout(Some(peer_timeout));
 }

@@ -15,6 +15,12 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     /// Events committed and handed to the broker.
     pub published: AtomicU64,
+    /// Stored events sent to resuming connections.
+    pub replayed: AtomicU64,
+    /// `resync` events sent because a resumed position was older than the retention.
+    pub resyncs: AtomicU64,
+    /// Events removed by the retention pruner.
+    pub pruned: AtomicU64,
     pub disconnects_slow: AtomicU64,
     pub disconnects_expired: AtomicU64,
     pub disconnects_dead_peer: AtomicU64,
@@ -52,6 +58,15 @@ impl Metrics {
         let _ = writeln!(out, "# HELP notify_published_total Events committed and handed to the broker.");
         let _ = writeln!(out, "# TYPE notify_published_total counter");
         let _ = writeln!(out, "notify_published_total {}", get(&self.published));
+        for (name, help, value) in [
+            ("notify_replayed_total", "Stored events sent to resuming connections.", &self.replayed),
+            ("notify_resyncs_total", "Resync events sent for positions older than the retention.", &self.resyncs),
+            ("notify_pruned_total", "Events removed by the retention pruner.", &self.pruned),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", get(value));
+        }
         let _ = writeln!(out, "# HELP notify_disconnects_total Connections the server closed, by reason.");
         let _ = writeln!(out, "# TYPE notify_disconnects_total counter");
         for (reason, value) in [

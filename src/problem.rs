@@ -28,6 +28,8 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
+    /// 429: a per-user limit is reached; the detail names it.
+    TooManyRequests(String),
     /// 503: a dependency is down; the detail names it.
     Unavailable(String),
     /// 500: a failure the caller cannot fix. The cause is logged, not returned.
@@ -92,6 +94,7 @@ impl ApiError {
                 "request body must be JSON with `Content-Type: application/json`".into(),
                 None,
             ),
+            ApiError::TooManyRequests(d) => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections", d.clone(), None),
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone(), None),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,7 +9,7 @@ mod heartbeat;
 mod presence;
 
 pub use heartbeat::Heartbeat;
-pub use presence::{Presence, PresenceGuard};
+pub use presence::{Presence, PresenceGuard, TooMany};
 
 use std::{
     collections::HashMap,

@@ -18,8 +18,16 @@ pub struct Presence {
 
 #[derive(Default)]
 struct TenantPresence {
-    users: HashMap<String, usize>,
+    users: HashMap<String, UserCount>,
     connections: usize,
+}
+
+#[derive(Default)]
+struct UserCount {
+    connections: usize,
+    /// Set when a connection over the limit was rejected and logged, so a client that
+    /// retries in a loop is logged once until the user drops below the limit.
+    limit_logged: bool,
 }
 
 /// Counts of connected users and their connections.
@@ -34,20 +42,28 @@ impl Presence {
         Arc::new(Presence { tenants: Mutex::new(HashMap::new()), hub, announce })
     }
 
-    /// Counts a new connection. The guard uncounts it when dropped.
-    pub fn connect(self: &Arc<Self>, tenant: &str, user: &str) -> PresenceGuard {
+    /// Counts a new connection unless the user already has `limit`. The guard uncounts it
+    /// when dropped.
+    pub fn connect(self: &Arc<Self>, tenant: &str, user: &str, limit: usize) -> Result<PresenceGuard, TooMany> {
         let first = {
             let mut tenants = self.tenants.lock().expect("presence lock poisoned");
             let entry = tenants.entry(tenant.to_string()).or_default();
+            let count = entry.users.entry(user.to_string()).or_default();
+            if count.connections >= limit {
+                if !count.limit_logged {
+                    count.limit_logged = true;
+                    tracing::warn!(user.id = %user, tenant.id = %tenant, limit, "connection limit reached; rejecting more");
+                }
+                return Err(TooMany(limit));
+            }
+            count.connections += 1;
             entry.connections += 1;
-            let count = entry.users.entry(user.to_string()).or_insert(0);
-            *count += 1;
-            *count == 1
+            count.connections == 1
         };
         if first {
             self.announce_change(tenant, user, names::USER_ONLINE);
         }
-        PresenceGuard { presence: Arc::clone(self), tenant: tenant.into(), user: user.into() }
+        Ok(PresenceGuard { presence: Arc::clone(self), tenant: tenant.into(), user: user.into() })
     }
 
     /// Returns the counts for one tenant, or for all tenants when `tenant` is `None`.
@@ -66,7 +82,7 @@ impl Presence {
     /// Returns how many connections one user has.
     pub fn user_connections(&self, tenant: &str, user: &str) -> usize {
         let tenants = self.tenants.lock().expect("presence lock poisoned");
-        tenants.get(tenant).and_then(|t| t.users.get(user)).copied().unwrap_or(0)
+        tenants.get(tenant).and_then(|t| t.users.get(user)).map_or(0, |c| c.connections)
     }
 
     fn disconnect(&self, tenant: &str, user: &str) {
@@ -75,8 +91,9 @@ impl Presence {
             let Some(entry) = tenants.get_mut(tenant) else { return };
             entry.connections -= 1;
             let last = match entry.users.get_mut(user) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
+                Some(count) if count.connections > 1 => {
+                    count.connections -= 1;
+                    count.limit_logged = false;
                     false
                 }
                 Some(_) => {
@@ -104,6 +121,10 @@ impl Presence {
         }
     }
 }
+
+/// A user already has the maximum number of connections.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooMany(pub usize);
 
 /// Keeps one connection counted; dropping it uncounts the connection.
 pub struct PresenceGuard {

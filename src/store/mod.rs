@@ -3,8 +3,10 @@
 //! Every method that changes notifications appends the events it causes in the same
 //! transaction and returns them, so the caller publishes exactly what was committed.
 
+mod retention;
 mod sqlite;
 
+pub use retention::{prune_once, spawn_pruner, Retention};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use async_trait::async_trait;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use serde_json::Value;
 
-use crate::events::{Event, Notification, Room};
+use crate::events::{Event, Notification, Room, RoomKey};
 
 /// Failures that callers branch on.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an event to a room's log and returns it with its position.
     async fn append_event(&self, room: &Room, name: &str, payload: Value) -> Result<Arc<Event>, StoreError>;
+
+    /// Returns the last position handed out in each room, 0 for rooms without events, in
+    /// the order of `rooms`.
+    async fn heads(&self, rooms: &[RoomKey]) -> Result<Vec<i64>, StoreError>;
+
+    /// Returns up to `limit` retained events of `room` after position `after`, in order.
+    /// The first one is not `after + 1` when older events were pruned.
+    async fn events_after(&self, room: &RoomKey, after: i64, limit: u32) -> Result<Vec<Arc<Event>>, StoreError>;
+
+    /// Deletes up to `batch` events that fall outside the retention: beyond the newest
+    /// `keep_per_room` of their room, or created before `older_than_ms`. Returns how many
+    /// were deleted; callers repeat until it returns less than `batch`.
+    async fn prune_events(&self, keep_per_room: u32, older_than_ms: i64, batch: u32) -> Result<u64, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -11,7 +11,7 @@ use sqlx::{
 };
 
 use super::{Change, NewNotification, PageCursor, StatusFilter, Store, StoreError};
-use crate::events::{names, payload, Event, Notification, Room};
+use crate::events::{names, payload, Event, Notification, Room, RoomKey};
 
 /// SQLite store. Writes go through a pool of one connection, because SQLite admits one
 /// writer at a time anyway and a queue in the pool beats retrying on `SQLITE_BUSY`.
@@ -225,6 +225,55 @@ impl Store for SqliteStore {
         let event = append(&mut tx, room, name, payload).await?;
         tx.commit().await?;
         Ok(event)
+    }
+
+    async fn heads(&self, rooms: &[RoomKey]) -> Result<Vec<i64>, StoreError> {
+        let mut heads = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let head: Option<i64> = sqlx::query_scalar("SELECT seq FROM room_heads WHERE room = ?")
+                .bind(room.as_str())
+                .fetch_optional(&self.readers)
+                .await?;
+            heads.push(head.unwrap_or(0));
+        }
+        Ok(heads)
+    }
+
+    async fn events_after(&self, room: &RoomKey, after: i64, limit: u32) -> Result<Vec<Arc<Event>>, StoreError> {
+        let rows = sqlx::query("SELECT seq, name, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(room.as_str())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            events.push(Arc::new(Event {
+                room: room.clone(),
+                seq: Some(row.try_get("seq")?),
+                name: row.try_get("name")?,
+                data: row.try_get("data")?,
+            }));
+        }
+        Ok(events)
+    }
+
+    async fn prune_events(&self, keep_per_room: u32, older_than_ms: i64, batch: u32) -> Result<u64, StoreError> {
+        // Each call is one short transaction on the writer, so writes queue behind at most
+        // one batch rather than behind the whole prune.
+        let deleted = sqlx::query(
+            "DELETE FROM events WHERE (room, seq) IN (
+                 SELECT e.room, e.seq FROM events e JOIN room_heads h ON h.room = e.room
+                 WHERE e.seq <= h.seq - ? OR e.created_at < ?
+                 LIMIT ?)",
+        )
+        .bind(i64::from(keep_per_room))
+        .bind(older_than_ms)
+        .bind(i64::from(batch))
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(deleted)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,7 +9,9 @@ use axum::http::HeaderMap;
 use crate::{
     app::AppState,
     auth::{bearer_from_headers, AuthError, Identity},
+    problem::ApiError,
 };
+use session::OpenError;
 
 /// Verifies the token of a streaming request: the `Authorization` header when present,
 /// else the `access_token` query parameter. Returns `None` when neither is given.
@@ -23,4 +25,16 @@ pub fn stream_identity(
         None => access_token.filter(|t| !t.is_empty()),
     };
     token.map(|t| state.verifier.verify(t)).transpose()
+}
+
+/// Maps a failure to open a connection to the HTTP error answered at the handshake.
+pub fn open_error(error: OpenError) -> ApiError {
+    match error {
+        OpenError::Cursor(_) | OpenError::FutureCursor(_) => ApiError::BadRequest {
+            detail: format!("`lastEventId` is invalid: {error}"),
+            field: Some("lastEventId".into()),
+        },
+        OpenError::TooMany(_) => ApiError::TooManyRequests(error.to_string()),
+        OpenError::Store(e) => ApiError::Unavailable(format!("store: {e}")),
+    }
 }

@@ -1,8 +1,16 @@
 //! The state SSE and WebSocket connections share: identity, room memberships, position and
-//! presence of one open connection.
+//! presence of one open connection, and the replay that joins stored events to live ones.
+//!
+//! Replay never loses an event at the seam: a room is subscribed first, so live events queue
+//! in its channel, and only then is the store read after the connection's position. Live
+//! events the replay already sent are dropped by position.
 
 use std::{
-    sync::{atomic::AtomicI64, atomic::Ordering, Arc},
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -11,11 +19,15 @@ use serde_json::{json, Value};
 use crate::{
     app::AppState,
     auth::Identity,
-    events::{payload, Cursor, Event, Room},
-    hub::{next_event, Lagged, PresenceGuard, Subscription},
+    events::{names, owner_tag, payload, Cursor, CursorError, Event, Room},
+    hub::{next_event, Hub, Lagged, PresenceGuard, Subscription, TooMany},
     metrics::{bump, Metrics},
+    store::{Store, StoreError},
     validate,
 };
+
+/// Events read from the store per query while replaying.
+const REPLAY_BATCH: u32 = 500;
 
 /// The transport a connection uses, as reported in `authenticated`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,52 +64,127 @@ impl Rejection {
     }
 }
 
+/// Why a connection could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Cursor(#[from] CursorError),
+    #[error("lastEventId is ahead of the server: {0}")]
+    FutureCursor(String),
+    #[error("this user already has {} open connections, the maximum", .0 .0)]
+    TooMany(TooMany),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a connection must end while reading events.
+#[derive(Debug)]
+pub enum Interrupted {
+    /// The connection fell too far behind live events.
+    Lagged,
+    /// The store failed during replay; the client should resume later.
+    Store(StoreError),
+}
+
 /// One open connection.
 pub struct Session {
     pub identity: Identity,
     pub connection_id: String,
     pub transport: Transport,
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
     /// Index 0 is the user room and index 1 the tenant room; named rooms follow.
     subscriptions: Vec<Subscription>,
     next_poll: usize,
+    /// Positions in every room, including named rooms from a resumed id not joined yet.
     cursor: Cursor,
+    /// The positions the connection started from in each room, for a `resume` that
+    /// restarts it before anything was delivered.
+    start: Cursor,
+    /// The user tag every event id ends with.
+    owner: String,
+    /// Rooms still to replay from the store, with the head each had when it was queued.
+    replay_rooms: VecDeque<(Room, i64)>,
+    replay_buffer: VecDeque<Delivery>,
+    /// Set once an event with an id was delivered; a `resume` is too late after that.
+    delivered: bool,
     max_rooms: usize,
+    /// Set once a join over the room limit was logged, so a client retrying in a loop
+    /// produces one log line.
+    room_limit_logged: bool,
     pub metrics: Arc<Metrics>,
     _presence: PresenceGuard,
 }
 
 impl Session {
-    /// Opens a connection: joins the user's room and tenant room and counts it as present.
-    pub fn open(state: &AppState, identity: Identity, transport: Transport) -> Self {
+    /// Opens a connection: counts it as present, joins the user's and tenant's rooms, and
+    /// queues a replay from `resume` (an event id) or, without one, from the current heads.
+    pub async fn open(
+        state: &AppState,
+        identity: Identity,
+        transport: Transport,
+        resume: Option<&str>,
+    ) -> Result<Self, OpenError> {
         let tenant = identity.tenant_key().to_string();
-        let user_room = Room::User { tenant: tenant.clone(), user: identity.user_id.clone() };
-        let subscriptions = vec![
-            state.hub.subscribe(user_room),
-            state.hub.subscribe(Room::Tenant { tenant: tenant.clone() }),
+        let owner = owner_tag(&tenant, &identity.user_id);
+        let given = resume.map(|text| Cursor::decode(text, &owner)).transpose()?;
+        let presence = state
+            .presence
+            .connect(&tenant, &identity.user_id, state.config.max_connections_per_user)
+            .map_err(OpenError::TooMany)?;
+
+        let rooms = [
+            Room::User { tenant: tenant.clone(), user: identity.user_id.clone() },
+            Room::Tenant { tenant: tenant.clone() },
         ];
-        let presence = state.presence.connect(&tenant, &identity.user_id);
-        let session = Session {
+        let heads = state.store.heads(&rooms.iter().map(Room::key).collect::<Vec<_>>()).await?;
+        let mut cursor = given.unwrap_or_default();
+        for (room, &head) in rooms.iter().zip(&heads) {
+            match cursor.position(room) {
+                Some(position) if position > head => {
+                    return Err(OpenError::FutureCursor(format!("position {position} but the last event is {head}")));
+                }
+                Some(_) => {}
+                None => cursor.set(room, head),
+            }
+        }
+
+        let mut session = Session {
             connection_id: state.next_connection_id(),
             identity,
             transport,
-            subscriptions,
+            hub: Arc::clone(&state.hub),
+            store: Arc::clone(&state.store),
+            subscriptions: Vec::with_capacity(2),
             next_poll: 0,
-            cursor: Cursor::default(),
+            start: cursor.clone(),
+            cursor,
+            owner,
+            replay_rooms: VecDeque::new(),
+            replay_buffer: VecDeque::new(),
+            delivered: false,
+            room_limit_logged: false,
             max_rooms: state.config.max_rooms_per_connection,
             metrics: Arc::clone(&state.metrics),
             _presence: presence,
         };
+        for (room, head) in rooms.into_iter().zip(heads) {
+            session.subscriptions.push(session.hub.subscribe(room.clone()));
+            session.replay_rooms.push_back((room, head));
+        }
         session.gauge().fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             user.id = %session.identity.user_id,
             conn.id = %session.connection_id,
             transport = transport.as_str(),
+            resumed = resume.is_some(),
             "connection opened"
         );
-        session
+        Ok(session)
     }
 
-    /// Returns the payload of the `authenticated` event.
+    /// Returns the payload of the `authenticated` event. `lastEventId` is the position the
+    /// connection starts from, which a client may resume from even before any event arrives.
     pub fn authenticated_payload(&self) -> Value {
         json!({
             "success": true,
@@ -106,12 +193,19 @@ impl Session {
             "tenantId": self.identity.tenant,
             "connectionId": self.connection_id,
             "transport": self.transport.as_str(),
+            "lastEventId": self.event_id(),
         })
     }
 
-    /// Joins a named room that the token grants. The user's own `user:` and `tenant:` rooms
-    /// are joined already, so naming them again succeeds without change.
-    pub fn join(&mut self, state: &AppState, name: &str) -> Result<(), Rejection> {
+    /// Returns the connection's current position as an event id.
+    pub fn event_id(&self) -> String {
+        self.cursor.encode(&self.owner)
+    }
+
+    /// Joins a named room that the token grants, replaying it from the position a resumed
+    /// id gave, or from now. The user's own `user:` and `tenant:` rooms are joined already,
+    /// so naming them again succeeds without change.
+    pub async fn join(&mut self, name: &str) -> Result<(), Rejection> {
         if let Err(problem) = validate::identifier(name) {
             return Err(Rejection { code: "invalid_room", message: format!("room name {problem}") });
         }
@@ -131,21 +225,51 @@ impl Session {
             });
         }
         if self.subscriptions.len() - 2 >= self.max_rooms {
+            if !self.room_limit_logged {
+                self.room_limit_logged = true;
+                tracing::info!(user.id = %self.identity.user_id, conn.id = %self.connection_id, limit = self.max_rooms, "room limit reached");
+            }
             return Err(Rejection {
                 code: "room_limit",
                 message: format!("a connection may join at most {} rooms", self.max_rooms),
             });
         }
         let room = Room::Named { tenant: self.identity.tenant_key().into(), name: name.into() };
-        self.subscriptions.push(state.hub.subscribe(room));
+        let head = match self.store.heads(&[room.key()]).await {
+            Ok(heads) => heads[0],
+            Err(error) => {
+                tracing::warn!(%error, conn.id = %self.connection_id, "failed to read room head");
+                return Err(Rejection { code: "unavailable", message: "the store is unavailable; retry".into() });
+            }
+        };
+        match self.cursor.position(&room) {
+            Some(position) if position > head => {
+                self.cursor.set(&room, head);
+                return Err(Rejection {
+                    code: "invalid_last_event_id",
+                    message: format!("the resumed position in room `{name}` is ahead of the server"),
+                });
+            }
+            Some(_) => {}
+            None => self.cursor.set(&room, head),
+        }
+        if let Some(position) = self.cursor.position(&room) {
+            self.start.set(&room, position);
+        }
+        self.subscriptions.push(self.hub.subscribe(room.clone()));
+        self.replay_rooms.push_back((room, head));
         Ok(())
     }
 
-    /// Leaves a named room. Returns false when the connection was not in it.
+    /// Leaves a named room and forgets its position. Returns false when the connection was
+    /// not in it.
     pub fn leave(&mut self, name: &str) -> bool {
         match self.named_room_index(name) {
             Some(index) => {
-                self.subscriptions.remove(index);
+                let subscription = self.subscriptions.remove(index);
+                self.cursor.forget(&subscription.room);
+                self.start.forget(&subscription.room);
+                self.replay_rooms.retain(|(room, _)| *room != subscription.room);
                 self.next_poll = 0;
                 true
             }
@@ -153,20 +277,102 @@ impl Session {
         }
     }
 
-    /// Waits for the next event for this connection. Events it already has (by position)
-    /// are dropped, so overlapping sources never deliver one event twice.
-    pub async fn next(&mut self) -> Result<Delivery, Lagged> {
+    /// Restarts the connection from an event id, as if it had connected with it. Only
+    /// possible before the first event was delivered, because a client cannot tell which
+    /// of its later events this connection already sent.
+    pub async fn resume(&mut self, text: &str) -> Result<(), Rejection> {
+        let invalid = |message: String| Rejection { code: "invalid_last_event_id", message };
+        if self.delivered {
+            return Err(Rejection {
+                code: "resume_too_late",
+                message: "events were delivered already; reconnect with lastEventId instead".into(),
+            });
+        }
+        let given = Cursor::decode(text, &self.owner).map_err(|e| invalid(e.to_string()))?;
+        let rooms: Vec<Room> = self.subscriptions.iter().map(|s| s.room.clone()).collect();
+        let heads = self.store.heads(&rooms.iter().map(Room::key).collect::<Vec<_>>()).await.map_err(|error| {
+            tracing::warn!(%error, conn.id = %self.connection_id, "failed to read room heads");
+            Rejection { code: "unavailable", message: "the store is unavailable; retry".into() }
+        })?;
+        for (room, &head) in rooms.iter().zip(&heads) {
+            if given.position(room).is_some_and(|position| position > head) {
+                return Err(invalid("lastEventId is ahead of the server".into()));
+            }
+        }
+        // Nothing was delivered, so restarting from the start positions loses nothing that
+        // the cleared buffer held.
+        self.cursor = self.start.clone();
+        self.replay_buffer.clear();
+        self.replay_rooms.clear();
+        for (room, head) in rooms.into_iter().zip(heads) {
+            if let Some(position) = given.position(&room) {
+                self.cursor.set(&room, position);
+            }
+            self.replay_rooms.push_back((room, head));
+        }
+        Ok(())
+    }
+
+    /// Waits for the next event for this connection: first what the store holds after the
+    /// connection's position, then live events. Events the connection already has (by
+    /// position) are dropped, so replay and live never deliver one event twice.
+    pub async fn next(&mut self) -> Result<Delivery, Interrupted> {
         loop {
-            let (index, event) = next_event(&mut self.subscriptions, &mut self.next_poll).await?;
+            if let Some(delivery) = self.replay_buffer.pop_front() {
+                self.delivered |= delivery.id.is_some();
+                return Ok(delivery);
+            }
+            if !self.replay_rooms.is_empty() {
+                self.fill_replay().await.map_err(Interrupted::Store)?;
+                continue;
+            }
+            let (index, event) =
+                next_event(&mut self.subscriptions, &mut self.next_poll).await.map_err(|Lagged| Interrupted::Lagged)?;
             let Some(seq) = event.seq else {
                 bump(&self.metrics.deliveries);
                 return Ok(Delivery { event, id: None });
             };
             if self.cursor.advance(&self.subscriptions[index].room, seq) {
                 bump(&self.metrics.deliveries);
-                return Ok(Delivery { event, id: Some(self.cursor.to_string()) });
+                self.delivered = true;
+                return Ok(Delivery { event, id: Some(self.event_id()) });
             }
         }
+    }
+
+    /// Reads the next batch of stored events for the first room still replaying.
+    async fn fill_replay(&mut self) -> Result<(), StoreError> {
+        let Some((room, head)) = self.replay_rooms.front().cloned() else {
+            return Ok(());
+        };
+        let position = self.cursor.position(&room).unwrap_or(0);
+        let events = self.store.events_after(&room.key(), position, REPLAY_BATCH).await?;
+        let first = events.first().and_then(|e| e.seq);
+        let pruned = match first {
+            Some(first) => first > position + 1,
+            None => position < head,
+        };
+        if pruned {
+            // Events after the client's position are gone: it must refetch state over REST.
+            // What is still retained follows, so room events that REST cannot refetch arrive.
+            bump(&self.metrics.resyncs);
+            let resync = json!({ "reason": "events_pruned", "room": label(&room) });
+            let resync = Event::new(room.key(), None, names::RESYNC, resync);
+            self.replay_buffer.push_back(Delivery { event: resync, id: None });
+            let skip_to = first.map_or(head, |first| first - 1);
+            self.cursor.set(&room, skip_to.max(position));
+        }
+        if events.len() < REPLAY_BATCH as usize {
+            self.replay_rooms.pop_front();
+        }
+        for event in events {
+            let seq = event.seq.unwrap_or_default();
+            if self.cursor.advance(&room, seq) {
+                bump(&self.metrics.replayed);
+                self.replay_buffer.push_back(Delivery { event, id: Some(self.event_id()) });
+            }
+        }
+        Ok(())
     }
 
     /// Returns how long until the token expires, counting the configured leeway.
@@ -185,12 +391,20 @@ impl Session {
 
     fn is_own_builtin_room(&self, name: &str) -> bool {
         name.strip_prefix("user:") == Some(self.identity.user_id.as_str())
-            || (self.identity.tenant.is_some()
-                && name.strip_prefix("tenant:") == self.identity.tenant.as_deref())
+            || (self.identity.tenant.is_some() && name.strip_prefix("tenant:") == self.identity.tenant.as_deref())
     }
 
     fn named_room_index(&self, name: &str) -> Option<usize> {
         self.subscriptions.iter().position(|s| matches!(&s.room, Room::Named { name: n, .. } if n == name))
+    }
+}
+
+/// Names a room in a `resync` payload the way clients know it.
+fn label(room: &Room) -> String {
+    match room {
+        Room::User { user, .. } => format!("user:{user}"),
+        Room::Tenant { tenant, .. } => format!("tenant:{tenant}"),
+        Room::Named { name, .. } => name.clone(),
     }
 }
 

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use tokio::time::Sleep;
 
 use super::{
-    session::{Session, Transport},
+    open_error,
+    session::{Interrupted, Session, Transport},
     stream_identity,
 };
 use crate::{
@@ -22,6 +23,7 @@ use crate::{
     auth::AuthError,
     events::names,
     hub::Heartbeat,
+    metrics::bump,
     problem::{ApiError, Query},
 };
 
@@ -39,6 +41,11 @@ pub struct SseQuery {
     pub access_token: Option<String>,
     /// Comma-separated rooms to join, each granted by the token's `rooms` claim.
     pub rooms: Option<String>,
+    /// Event id to resume after, for a first connection; browsers send the `Last-Event-ID`
+    /// header on reconnect, which takes precedence.
+    #[serde(rename = "lastEventId")]
+    #[param(rename = "lastEventId")]
+    pub last_event_id: Option<String>,
 }
 
 /// Writes one event in SSE framing. `data` may hold newlines; each line becomes its own
@@ -72,10 +79,15 @@ fn push_single_line(out: &mut String, text: &str) {
     get,
     path = "/v1/events",
     tag = "streaming",
-    params(SseQuery),
+    params(
+        SseQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Event id to resume after; sent by browsers on reconnect"),
+    ),
     responses(
-        (status = 200, description = "An endless `text/event-stream`; `authenticated` comes first", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An endless `text/event-stream`; `authenticated` comes first, then stored events after the resumed id, then live ones", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`lastEventId` is malformed, of another user, or ahead of the server", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The user has the maximum number of connections", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("access_token" = [])),
 )]
@@ -86,7 +98,18 @@ pub async fn handler(
 ) -> Result<Response, ApiError> {
     let identity = stream_identity(&state, &headers, query.access_token.as_deref())?
         .ok_or(ApiError::Unauthorized(AuthError::Missing))?;
-    let mut session = Session::open(&state, identity, Transport::Sse);
+    let header_id = headers.get("last-event-id").map(|v| {
+        v.to_str().map_err(|_| ApiError::BadRequest {
+            detail: "`Last-Event-ID` header must be visible ASCII".into(),
+            field: Some("Last-Event-ID".into()),
+        })
+    });
+    let resume = match header_id.transpose()? {
+        Some(id) if !id.is_empty() => Some(id.to_string()),
+        _ => query.last_event_id.filter(|id| !id.is_empty()),
+    };
+    let mut session =
+        Session::open(&state, identity, Transport::Sse, resume.as_deref()).await.map_err(open_error)?;
 
     let mut opening = vec![
         Bytes::from(format!("retry: {RETRY_MS}\n\n")),
@@ -94,10 +117,13 @@ pub async fn handler(
     ];
     let requested = query.rooms.as_deref().unwrap_or("");
     for room in requested.split(',').map(str::trim).filter(|r| !r.is_empty()) {
-        if let Err(rejection) = session.join(&state, room) {
+        if let Err(rejection) = session.join(room).await {
             opening.push(frame(None, names::ERROR, &rejection.payload().to_string()));
         }
     }
+    // A frame with an id and no data sets `EventSource.lastEventId` without dispatching an
+    // event, so a client that reconnects before any event arrives still resumes from here.
+    opening.push(Bytes::from(format!("id: {}\n\n", session.event_id())));
 
     let expiry = Box::pin(tokio::time::sleep(session.time_to_expiry(state.config.jwt_leeway)));
     let feed = Feed {
@@ -144,11 +170,13 @@ impl Feed {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => {
+                bump(&self.session.metrics.disconnects_shutdown);
                 // The retry hint makes browsers wait before reconnecting, and ending the
                 // stream makes them reconnect to this node's successor.
                 Some(Bytes::from(format!("retry: {SHUTDOWN_RETRY_MS}\n\n")))
             }
             _ = &mut self.expiry => {
+                bump(&self.session.metrics.disconnects_expired);
                 let error = crate::events::payload::error("token_expired", "the token has expired; reconnect with a fresh one");
                 Some(frame(None, names::ERROR, &error.to_string()))
             }
@@ -157,9 +185,15 @@ impl Feed {
                     self.finished = false;
                     Some(frame(delivery.id.as_deref(), &delivery.event.name, &delivery.event.data))
                 }
-                Err(_lagged) => {
+                Err(Interrupted::Lagged) => {
+                    bump(&self.session.metrics.disconnects_slow);
                     tracing::info!(user.id = %self.session.identity.user_id, conn.id = %self.session.connection_id, "closing SSE stream that fell behind");
                     let error = crate::events::payload::error("slow_consumer", "the connection fell behind; reconnect with Last-Event-ID to resume");
+                    Some(frame(None, names::ERROR, &error.to_string()))
+                }
+                Err(Interrupted::Store(error)) => {
+                    tracing::warn!(%error, conn.id = %self.session.connection_id, "replay failed; ending SSE stream");
+                    let error = crate::events::payload::error("unavailable", "the store is unavailable; reconnect with Last-Event-ID to resume");
                     Some(frame(None, names::ERROR, &error.to_string()))
                 }
             },
