@@ -40,7 +40,7 @@ pub enum AuthError {
     #[error("token expired")]
     Expired,
     #[error("invalid token: {0}")]
-    Invalid(&'static str),
+    Invalid(String),
 }
 
 /// Claims read from a token. `sub` and `tenant_id` may be strings or integers.
@@ -57,8 +57,18 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rooms: Vec<String>,
     pub exp: i64,
+    /// Checked by jsonwebtoken; declared so that a value of the wrong type is rejected
+    /// instead of ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+}
+
+/// Shortens serde's message about the claims ("missing field `sub` at line 1 column 40") to
+/// the part that names the claim.
+fn claim_problem(message: &str) -> &str {
+    message.split(" at line").next().unwrap_or(message)
 }
 
 /// Checks tokens against the configured key, issuer and audience.
@@ -106,7 +116,9 @@ impl Verifier {
         validation.validate_nbf = true;
         // jsonwebtoken only compares `iss` and `aud` when a token has them, so a configured
         // check must also make the claim required.
-        let mut required = vec!["exp", "sub"];
+        // `sub` is required by `Claims` itself, which also accepts integers; jsonwebtoken's
+        // own check would reject those.
+        let mut required = vec!["exp"];
         match &config.jwt_audience {
             Some(aud) => {
                 validation.set_audience(&[aud]);
@@ -129,18 +141,26 @@ impl Verifier {
 
     /// Verifies a token and returns the identity it carries.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let invalid = |text: &str| AuthError::Invalid(text.to_string());
+        // The header is read first so that `alg: none`, which jsonwebtoken cannot even
+        // parse, gets a message about the algorithm rather than about the claims.
+        if jsonwebtoken::decode_header(token).is_err() {
+            return Err(invalid("malformed token or unsupported algorithm (`none` is never accepted)"));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e
             .kind()
         {
             ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet (nbf)"),
-            ErrorKind::InvalidSignature => AuthError::Invalid("signature does not match"),
-            ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted"),
-            ErrorKind::InvalidIssuer => AuthError::Invalid("issuer not accepted"),
-            ErrorKind::InvalidAudience => AuthError::Invalid("audience not accepted"),
-            ErrorKind::MissingRequiredClaim(_) => AuthError::Invalid("missing required claim"),
-            ErrorKind::Json(_) => AuthError::Invalid("claims have the wrong shape"),
-            _ => AuthError::Invalid("malformed token"),
+            ErrorKind::ImmatureSignature => invalid("token not valid yet (nbf)"),
+            ErrorKind::InvalidSignature => invalid("signature does not match"),
+            ErrorKind::InvalidAlgorithm => invalid("algorithm not accepted"),
+            ErrorKind::InvalidIssuer => invalid("issuer not accepted"),
+            ErrorKind::InvalidAudience => invalid("audience not accepted"),
+            ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("missing `{claim}` claim")),
+            ErrorKind::Json(error) => {
+                AuthError::Invalid(format!("claims: {}", claim_problem(&error.to_string())))
+            }
+            _ => invalid("malformed token"),
         })?;
         let claims = data.claims;
         for (value, problem) in [
@@ -149,7 +169,7 @@ impl Verifier {
         ] {
             if let Some(value) = value {
                 if validate::identifier(value).is_err() {
-                    return Err(AuthError::Invalid(problem));
+                    return Err(invalid(problem));
                 }
             }
         }
@@ -192,6 +212,7 @@ pub fn claims_for(
         tenant_id: tenant.map(String::from),
         rooms,
         exp: now + ttl.as_secs() as i64,
+        nbf: None,
         iat: Some(now),
     }
 }
@@ -221,11 +242,11 @@ pub fn bearer_from_headers(headers: &axum::http::HeaderMap) -> Result<Option<&st
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value.to_str().map_err(|_| AuthError::Invalid("malformed Authorization header"))?;
+    let value = value.to_str().map_err(|_| AuthError::Invalid("malformed Authorization header".into()))?;
     match value.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
             Ok(Some(token.trim()))
         }
-        _ => Err(AuthError::Invalid("Authorization header must be `Bearer <token>`")),
+        _ => Err(AuthError::Invalid("Authorization header must be `Bearer <token>`".into())),
     }
 }

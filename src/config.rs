@@ -16,7 +16,8 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Broker for fan-out between nodes. Unset means in-process fan-out (one node).
+    /// Broker for fan-out between nodes. Unset means in-process fan-out (one node), the only
+    /// mode so far: any value is rejected.
     #[arg(long, env = "NOTIFY_BROKER_URL")]
     pub broker_url: Option<String>,
 
@@ -42,8 +43,9 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
-    /// Comma-separated browser origins allowed by CORS, with credentials. `CORS_ORIGIN` is read
-    /// as a fallback. A `*` is rejected because credentials are allowed.
+    /// Comma-separated browser origins allowed by CORS and for WebSocket upgrades, with
+    /// credentials. `CORS_ORIGIN` is read as a fallback. A `*` is rejected because
+    /// credentials are allowed. Default: http://localhost:3000,http://localhost:5173.
     #[arg(long, env = "NOTIFY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
@@ -182,6 +184,9 @@ impl Config {
         }
         if self.connection_queue == 0 {
             return Err("NOTIFY_CONNECTION_QUEUE must be at least 1".into());
+        }
+        if self.max_body_bytes < 1024 {
+            return Err("NOTIFY_MAX_BODY_BYTES must be at least 1024".into());
         }
         if self.max_ws_message_bytes < 256 {
             return Err("NOTIFY_MAX_WS_MESSAGE_BYTES must be at least 256".into());

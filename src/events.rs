@@ -102,7 +102,7 @@ pub struct Event {
 }
 
 impl Event {
-    /// Builds an event from a payload object; a `timestamp` is added when missing.
+    /// Builds an event from a payload object and stamps it with the current time.
     pub fn new(room: RoomKey, seq: Option<i64>, name: &str, payload: Value) -> Arc<Self> {
         Arc::new(Event { room, seq, name: name.to_string(), data: with_timestamp(payload).to_string() })
     }
@@ -212,7 +212,9 @@ impl Cursor {
                 "u" => Label::User,
                 "t" => Label::Tenant,
                 named => {
-                    let encoded = named.strip_prefix("r-").ok_or_else(|| malformed(format!("room label in part `{part}`")))?;
+                    let encoded = named
+                        .strip_prefix("r-")
+                        .ok_or_else(|| malformed(format!("room label in part `{part}`")))?;
                     let name = percent_decode_str(encoded)
                         .decode_utf8()
                         .map_err(|_| malformed(format!("room name in part `{part}`")))?;
@@ -280,9 +282,11 @@ fn rfc3339_opt<S: serde::Serializer>(time: &Option<DateTime<Utc>>, s: S) -> Resu
     }
 }
 
-fn with_timestamp(mut payload: Value) -> Value {
+/// Sets `timestamp` to now. A publisher's own `timestamp` is replaced, so every payload
+/// carries the server's RFC 3339 time.
+pub fn with_timestamp(mut payload: Value) -> Value {
     if let Value::Object(map) = &mut payload {
-        map.entry("timestamp").or_insert_with(|| Value::String(format_time(&Utc::now())));
+        map.insert("timestamp".into(), Value::String(format_time(&Utc::now())));
     }
     payload
 }

@@ -90,7 +90,8 @@ impl Server {
             max_age: state.config.retention_age,
             interval: state.config.prune_interval,
         };
-        let pruner = spawn_pruner(Arc::clone(&state.store), retention, Arc::clone(&state.metrics), token.clone());
+        let pruner =
+            spawn_pruner(Arc::clone(&state.store), retention, Arc::clone(&state.metrics), token.clone());
         let peer_timeout = state.config.peer_timeout;
         let listener = listener.tap_io(move |tcp| tune_socket(tcp, peer_timeout));
 

@@ -89,6 +89,13 @@ fn mint(
     if config.jwt_secret.is_none() {
         return Err("set NOTIFY_JWT_SECRET (or JWT_SECRET): a token signed with an ephemeral key is useless to any other process".into());
     }
+    nexus_notify::validate::identifier(sub).map_err(|p| format!("--sub {p}"))?;
+    for room in &rooms {
+        nexus_notify::validate::identifier(room).map_err(|p| format!("--rooms: each room {p}"))?;
+    }
+    if ttl.is_zero() {
+        return Err("--ttl must be longer than zero".into());
+    }
     let verifier = auth::Verifier::from_config(config)?;
     let claims = auth::claims_for(sub, role, tenant, email, rooms, ttl);
     println!("{}", verifier.mint(&claims)?);

@@ -60,7 +60,11 @@ impl Metrics {
         let _ = writeln!(out, "notify_published_total {}", get(&self.published));
         for (name, help, value) in [
             ("notify_replayed_total", "Stored events sent to resuming connections.", &self.replayed),
-            ("notify_resyncs_total", "Resync events sent for positions older than the retention.", &self.resyncs),
+            (
+                "notify_resyncs_total",
+                "Resync events sent for positions older than the retention.",
+                &self.resyncs,
+            ),
             ("notify_pruned_total", "Events removed by the retention pruner.", &self.pruned),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

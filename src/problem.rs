@@ -94,7 +94,9 @@ impl ApiError {
                 "request body must be JSON with `Content-Type: application/json`".into(),
                 None,
             ),
-            ApiError::TooManyRequests(d) => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections", d.clone(), None),
+            ApiError::TooManyRequests(d) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_connections", d.clone(), None)
+            }
             ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", d.clone(), None),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -38,10 +38,14 @@ pub fn event_name(value: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Checks a required text field: not empty after trimming, at most `max` characters.
+/// Checks a required text field: not empty after trimming, at most `max` characters, and
+/// no NUL, which PostgreSQL cannot store in text.
 pub fn text(value: &str, max: usize) -> Result<(), String> {
     if value.trim().is_empty() {
         return Err("must not be empty".into());
+    }
+    if value.contains('\0') {
+        return Err("must not contain NUL characters".into());
     }
     if value.chars().count() > max {
         return Err(format!("must be at most {max} characters"));

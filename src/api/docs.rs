@@ -130,7 +130,8 @@ pub async fn page(Query(query): Query<DocsQuery>) -> Html<String> {
 <div id="swagger-ui"></div>
 <script src="/docs/swagger-ui-bundle.js"></script>
 <script>
-window.ui = SwaggerUIBundle({{ url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true }});
+// validatorUrl: null keeps Swagger UI from sending the document to its online validator.
+window.ui = SwaggerUIBundle({{ url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null }});
 </script>
 </body>
 </html>

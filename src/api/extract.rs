@@ -78,37 +78,37 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// Parses JSON and turns serde's error into a problem that names the field.
+/// Parses a JSON object and turns serde's error into a problem that names the field.
+/// Anything but one object (an array, a scalar, trailing bytes) is a 400.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let bad = |detail: String| ApiError::BadRequest { detail, field: None };
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(bad("request body is empty; expected a JSON object".into())),
+        Some(b'{') => {}
+        Some(_) => return Err(bad("request body must be a JSON object".into())),
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let message = inner.to_string();
-                let message = message.split(" at line").next().unwrap_or(&message).to_string();
-                // Unknown fields are reported at their own path already.
-                let field = match missing_field(&message) {
-                    Some(name) if path == "." => name.to_string(),
-                    Some(name) => format!("{path}.{name}"),
-                    None if path == "." => {
-                        let detail = format!("request body must be a JSON object: {message}");
-                        return ApiError::BadRequest { detail, field: None };
-                    }
-                    None => path,
-                };
-                ApiError::InvalidField { detail: format!("`{field}`: {message}"), field }
+        let message = inner.to_string();
+        if inner.classify() != serde_json::error::Category::Data {
+            if message.starts_with("recursion limit exceeded") {
+                return bad("JSON is nested more than 128 levels deep".into());
             }
-            serde_json::error::Category::Eof if bytes.iter().all(u8::is_ascii_whitespace) => {
-                ApiError::BadRequest {
-                    detail: "request body is empty; expected a JSON object".into(),
-                    field: None,
-                }
-            }
-            _ => ApiError::BadRequest { detail: format!("malformed JSON: {inner}"), field: None },
+            return bad(format!("malformed JSON: {message}"));
         }
-    })
+        let message = message.split(" at line").next().unwrap_or(&message).to_string();
+        // Unknown fields are reported at their own path already.
+        let field = match missing_field(&message) {
+            Some(name) if path == "." => name.to_string(),
+            Some(name) => format!("{path}.{name}"),
+            None => path,
+        };
+        ApiError::InvalidField { detail: format!("`{field}`: {message}"), field }
+    })?;
+    deserializer.end().map_err(|e| bad(format!("malformed JSON: unexpected data after the object: {e}")))?;
+    Ok(value)
 }
 
 /// Returns `name` from serde's "missing field `name`" message. serde reports a missing field
@@ -148,5 +148,10 @@ mod tests {
     fn syntax_errors_are_bad_requests() {
         assert!(matches!(parse_json::<Body>(b"{"), Err(ApiError::BadRequest { .. })));
         assert!(matches!(parse_json::<Body>(b""), Err(ApiError::BadRequest { .. })));
+        assert!(matches!(parse_json::<Body>(br#"["t", []]"#), Err(ApiError::BadRequest { .. })));
+        assert!(matches!(
+            parse_json::<Body>(br#"{"title":"t","items":[]} x"#),
+            Err(ApiError::BadRequest { .. })
+        ));
     }
 }

@@ -44,7 +44,12 @@ impl Presence {
 
     /// Counts a new connection unless the user already has `limit`. The guard uncounts it
     /// when dropped.
-    pub fn connect(self: &Arc<Self>, tenant: &str, user: &str, limit: usize) -> Result<PresenceGuard, TooMany> {
+    pub fn connect(
+        self: &Arc<Self>,
+        tenant: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<PresenceGuard, TooMany> {
         let first = {
             let mut tenants = self.tenants.lock().expect("presence lock poisoned");
             let entry = tenants.entry(tenant.to_string()).or_default();

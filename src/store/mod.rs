@@ -121,12 +121,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns up to `limit` retained events of `room` after position `after`, in order.
     /// The first one is not `after + 1` when older events were pruned.
-    async fn events_after(&self, room: &RoomKey, after: i64, limit: u32) -> Result<Vec<Arc<Event>>, StoreError>;
+    async fn events_after(
+        &self,
+        room: &RoomKey,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Arc<Event>>, StoreError>;
 
     /// Deletes up to `batch` events that fall outside the retention: beyond the newest
     /// `keep_per_room` of their room, or created before `older_than_ms`. Returns how many
     /// were deleted; callers repeat until it returns less than `batch`.
-    async fn prune_events(&self, keep_per_room: u32, older_than_ms: i64, batch: u32) -> Result<u64, StoreError>;
+    async fn prune_events(
+        &self,
+        keep_per_room: u32,
+        older_than_ms: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), StoreError>;

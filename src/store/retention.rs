@@ -38,7 +38,12 @@ pub fn spawn_pruner(
 }
 
 /// Deletes everything outside the retention, batch by batch.
-pub async fn prune_once(store: &dyn Store, retention: Retention, metrics: &Metrics, shutdown: &CancellationToken) {
+pub async fn prune_once(
+    store: &dyn Store,
+    retention: Retention,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) {
     let max_age = chrono::Duration::from_std(retention.max_age).unwrap_or(chrono::Duration::MAX);
     let cutoff = chrono::Utc::now().checked_sub_signed(max_age).map_or(i64::MIN, |t| t.timestamp_millis());
     let mut total = 0u64;

@@ -239,13 +239,19 @@ impl Store for SqliteStore {
         Ok(heads)
     }
 
-    async fn events_after(&self, room: &RoomKey, after: i64, limit: u32) -> Result<Vec<Arc<Event>>, StoreError> {
-        let rows = sqlx::query("SELECT seq, name, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(room.as_str())
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.readers)
-            .await?;
+    async fn events_after(
+        &self,
+        room: &RoomKey,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, name, data FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?")
+                .bind(room.as_str())
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.readers)
+                .await?;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
             events.push(Arc::new(Event {
@@ -258,7 +264,12 @@ impl Store for SqliteStore {
         Ok(events)
     }
 
-    async fn prune_events(&self, keep_per_room: u32, older_than_ms: i64, batch: u32) -> Result<u64, StoreError> {
+    async fn prune_events(
+        &self,
+        keep_per_room: u32,
+        older_than_ms: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
         // Each call is one short transaction on the writer, so writes queue behind at most
         // one batch rather than behind the whole prune.
         let deleted = sqlx::query(

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use crate::{
     app::AppState,
     auth::Identity,
-    events::{names, owner_tag, payload, Cursor, CursorError, Event, Room},
+    events::{names, owner_tag, payload, with_timestamp, Cursor, CursorError, Event, Room},
     hub::{next_event, Hub, Lagged, PresenceGuard, Subscription, TooMany},
     metrics::{bump, Metrics},
     store::{Store, StoreError},
@@ -142,7 +142,9 @@ impl Session {
         for (room, &head) in rooms.iter().zip(&heads) {
             match cursor.position(room) {
                 Some(position) if position > head => {
-                    return Err(OpenError::FutureCursor(format!("position {position} but the last event is {head}")));
+                    return Err(OpenError::FutureCursor(format!(
+                        "position {position} but the last event is {head}"
+                    )));
                 }
                 Some(_) => {}
                 None => cursor.set(room, head),
@@ -186,7 +188,7 @@ impl Session {
     /// Returns the payload of the `authenticated` event. `lastEventId` is the position the
     /// connection starts from, which a client may resume from even before any event arrives.
     pub fn authenticated_payload(&self) -> Value {
-        json!({
+        with_timestamp(json!({
             "success": true,
             "userId": self.identity.user_id,
             "email": self.identity.email,
@@ -194,7 +196,7 @@ impl Session {
             "connectionId": self.connection_id,
             "transport": self.transport.as_str(),
             "lastEventId": self.event_id(),
-        })
+        }))
     }
 
     /// Returns the connection's current position as an event id.
@@ -239,7 +241,10 @@ impl Session {
             Ok(heads) => heads[0],
             Err(error) => {
                 tracing::warn!(%error, conn.id = %self.connection_id, "failed to read room head");
-                return Err(Rejection { code: "unavailable", message: "the store is unavailable; retry".into() });
+                return Err(Rejection {
+                    code: "unavailable",
+                    message: "the store is unavailable; retry".into(),
+                });
             }
         };
         match self.cursor.position(&room) {
@@ -290,10 +295,11 @@ impl Session {
         }
         let given = Cursor::decode(text, &self.owner).map_err(|e| invalid(e.to_string()))?;
         let rooms: Vec<Room> = self.subscriptions.iter().map(|s| s.room.clone()).collect();
-        let heads = self.store.heads(&rooms.iter().map(Room::key).collect::<Vec<_>>()).await.map_err(|error| {
-            tracing::warn!(%error, conn.id = %self.connection_id, "failed to read room heads");
-            Rejection { code: "unavailable", message: "the store is unavailable; retry".into() }
-        })?;
+        let heads =
+            self.store.heads(&rooms.iter().map(Room::key).collect::<Vec<_>>()).await.map_err(|error| {
+                tracing::warn!(%error, conn.id = %self.connection_id, "failed to read room heads");
+                Rejection { code: "unavailable", message: "the store is unavailable; retry".into() }
+            })?;
         for (room, &head) in rooms.iter().zip(&heads) {
             if given.position(room).is_some_and(|position| position > head) {
                 return Err(invalid("lastEventId is ahead of the server".into()));
@@ -326,8 +332,9 @@ impl Session {
                 self.fill_replay().await.map_err(Interrupted::Store)?;
                 continue;
             }
-            let (index, event) =
-                next_event(&mut self.subscriptions, &mut self.next_poll).await.map_err(|Lagged| Interrupted::Lagged)?;
+            let (index, event) = next_event(&mut self.subscriptions, &mut self.next_poll)
+                .await
+                .map_err(|Lagged| Interrupted::Lagged)?;
             let Some(seq) = event.seq else {
                 bump(&self.metrics.deliveries);
                 return Ok(Delivery { event, id: None });
@@ -391,7 +398,8 @@ impl Session {
 
     fn is_own_builtin_room(&self, name: &str) -> bool {
         name.strip_prefix("user:") == Some(self.identity.user_id.as_str())
-            || (self.identity.tenant.is_some() && name.strip_prefix("tenant:") == self.identity.tenant.as_deref())
+            || (self.identity.tenant.is_some()
+                && name.strip_prefix("tenant:") == self.identity.tenant.as_deref())
     }
 
     fn named_room_index(&self, name: &str) -> Option<usize> {

@@ -22,6 +22,10 @@ fn bad_tokens() -> Vec<(&'static str, String)> {
             "control character in sub",
             sign(&json!({ "sub": "al\nice", "exp": chrono::Utc::now().timestamp() + 60 }), SECRET),
         ),
+        (
+            "nbf of the wrong type",
+            sign(&json!({ "sub": "alice", "nbf": "x", "exp": chrono::Utc::now().timestamp() + 60 }), SECRET),
+        ),
     ]
 }
 
@@ -47,6 +51,54 @@ async fn rest_rejects_missing_and_bad_tokens() {
             assert_eq!(body["code"], "token_expired");
         }
     }
+}
+
+#[tokio::test]
+async fn integer_sub_and_tenant_are_accepted() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now().timestamp();
+    let token = sign(&json!({ "sub": 42, "tenant_id": 7, "exp": now + 60 }), SECRET);
+    let response = app.get("/v1/notifications/unread-count", &token).await;
+    assert_eq!(response.status(), 200);
+    let sse = SseClient::connect(&app, &token).await;
+    assert_eq!(sse.hello.data["userId"], "42");
+    assert_eq!(sse.hello.data["tenantId"], "7");
+}
+
+#[tokio::test]
+async fn rejections_name_the_cause() {
+    let app = spawn_app().await;
+    let now = chrono::Utc::now().timestamp();
+    let detail = |response: reqwest::Response| async move {
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["detail"].as_str().unwrap().to_string()
+    };
+    let no_sub = sign(&json!({ "exp": now + 60 }), SECRET);
+    assert!(detail(app.get("/v1/notifications", &no_sub).await).await.contains("sub"));
+    let no_exp = sign(&json!({ "sub": "a" }), SECRET);
+    assert!(detail(app.get("/v1/notifications", &no_exp).await).await.contains("exp"));
+    let header_none = base64_url(r#"{"alg":"none","typ":"JWT"}"#);
+    let none = format!("{header_none}.{}.", base64_url(&json!({ "sub": "a", "exp": now + 60 }).to_string()));
+    assert!(detail(app.get("/v1/notifications", &none).await).await.contains("none"));
+}
+
+#[tokio::test]
+async fn ws_checks_the_origin() {
+    let app = spawn_app().await;
+    let token = user_token("alice");
+    let request = |origin: &str| {
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(
+            app.ws_url(&format!("?access_token={token}")),
+        )
+        .unwrap();
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+        request
+    };
+    match tokio_tungstenite::connect_async(request("http://evil.example")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(tokio_tungstenite::connect_async(request("http://localhost:5173")).await.is_ok());
 }
 
 #[tokio::test]

@@ -65,6 +65,8 @@ async fn demo_prints_working_commands() {
 
     // Run the printed create command through a shell, exactly as a reader would paste it.
     if which_curl() {
+        // NOTE: this runs only the create command; the listen command is run by reqwest above,
+        // because curl -N never ends by itself.
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!("curl -sS -X POST {create} > /dev/null"))
@@ -135,6 +137,11 @@ async fn token_command_mints_accepted_tokens() {
 
     let without_secret = command(dir.path()).args(["token", "--sub", "x"]).output().unwrap();
     assert!(!without_secret.status.success());
+    for bad in [vec!["--sub", ""], vec!["--sub", "x", "--rooms", ""], vec!["--sub", "x", "--ttl", "0s"]] {
+        let output =
+            command(dir.path()).env("NOTIFY_JWT_SECRET", SECRET).arg("token").args(&bad).output().unwrap();
+        assert!(!output.status.success(), "token {bad:?} must fail");
+    }
 }
 
 #[tokio::test]

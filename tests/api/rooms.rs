@@ -90,7 +90,7 @@ async fn presence_counts_connections() {
     };
     assert_eq!(summary(&app).await, json!({ "connectedUsers": 0, "connections": 0 }));
 
-    let mut watcher = SseClient::connect(&app, &user_token("watcher")).await;
+    let mut watcher = WsClient::connect(&app, &user_token("watcher")).await;
     let alice_one = SseClient::connect(&app, &user_token("alice")).await;
     let alice_two = WsClient::connect(&app, &user_token("alice")).await;
     // The watcher hears of alice once for her two connections, and never of itself.

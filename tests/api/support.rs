@@ -63,6 +63,12 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 }
 
 impl TestApp {
+    /// Returns a client view of a server running in another process.
+    pub fn remote(addr: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestApp { addr, http: reqwest::Client::new(), _dir: dir, stop: None, task: None }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -277,7 +283,7 @@ impl WsClient {
         Self::after_hello(socket).await
     }
 
-    async fn after_hello(socket: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+    pub async fn after_hello(socket: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
         let hello = Received { name: String::new(), id: None, data: Value::Null, ack: None };
         let mut client = WsClient { socket, hello };
         client.hello = client.next().await;
@@ -359,4 +365,167 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, field: Opt
         assert!(body["detail"].as_str().unwrap().contains(field), "detail names the field: {body}");
     }
     body
+}
+
+impl SseClient {
+    /// Connects with the token in the header and `Last-Event-ID`, as a browser reconnects.
+    pub async fn resume(app: &TestApp, token: &str, last_event_id: &str) -> Self {
+        let response = app
+            .http
+            .get(app.url("/v1/events"))
+            .bearer_auth(token)
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "SSE resume failed: {}", response.text().await.unwrap());
+        Self::from_response(response).await
+    }
+}
+
+impl WsClient {
+    /// Connects with the token and `lastEventId` in the query.
+    pub async fn resume(app: &TestApp, token: &str, last_event_id: &str) -> Self {
+        let url = app.ws_url(&format!("?access_token={token}&lastEventId={last_event_id}"));
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connects");
+        Self::after_hello(socket).await
+    }
+}
+
+/// Returns the position of the user room (`u:N`) in an event id.
+pub fn user_seq(id: &str) -> i64 {
+    let body = id.split('~').next().unwrap();
+    body.split('.').find_map(|part| part.strip_prefix("u:")).expect("id has a user position").parse().unwrap()
+}
+
+/// Reads one counter or gauge from `/metrics`; labels are part of `name`.
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns true, failing after [`WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Opens a TCP connection whose receive buffer is small, so a client that stops reading
+/// stalls the server after a few kilobytes instead of after the kernel's megabytes.
+pub async fn small_window_stream(app: &TestApp) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 * 1024).unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+impl WsClient {
+    /// Connects over a small-window TCP stream; see [`small_window_stream`].
+    pub async fn connect_small_window(app: &TestApp, token: &str) -> Self {
+        let stream = small_window_stream(app).await;
+        let url = app.ws_url(&format!("?access_token={token}"));
+        let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.unwrap();
+        Self::after_hello(socket).await
+    }
+}
+
+/// The real binary, started as a separate process on an ephemeral port. It is killed by
+/// PID when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Every stderr line so far arrives here.
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts `nexus-notify` with the test secret, logging at `info`, in `dir`.
+    pub fn start(dir: &std::path::Path, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nexus-notify"))
+            .current_dir(dir)
+            .env_clear()
+            .env("NOTIFY_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .args(["--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (lines_tx, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = logs.recv_timeout(WAIT).expect("the server logs its address");
+            if let Some(at) = line.find("address=") {
+                break line[at + "address=".len()..].split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        ServerProcess { child, addr, logs }
+    }
+
+    /// Returns a client view of this process, for the helpers that take a [`TestApp`].
+    pub fn app(&self) -> TestApp {
+        TestApp::remote(self.addr)
+    }
+
+    /// Returns the resident set size in KiB, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc status");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends SIGTERM by PID through `kill`.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "process still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Collects the log lines printed so far.
+    pub fn drain_logs(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.logs.recv_timeout(Duration::from_millis(300)) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

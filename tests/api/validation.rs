@@ -69,6 +69,7 @@ async fn create_rejects_each_bad_field() {
         ("data not an object", with("data", json!([1, 2])), 422, "data"),
         ("unknown field", with("titel", json!("typo")), 422, "titel"),
         ("tenant with control character", with("tenantId", json!("a\rb")), 422, "tenantId"),
+        ("NUL in title", with("title", json!("a\u{0}b")), 422, "title"),
     ];
     for (label, body, status, field) in cases {
         let response = app.create(&publisher, body).await;
@@ -95,6 +96,28 @@ async fn create_rejects_unparseable_bodies() {
     assert_problem(post("", "application/json").await.unwrap(), 400, None).await;
     assert_problem(post("[]", "application/json").await.unwrap(), 400, None).await;
     assert_problem(post("{}", "text/plain").await.unwrap(), 415, None).await;
+    assert_problem(
+        post(r#"{"userId":"a","title":"t","message":"m","type":"x"} xx"#, "application/json").await.unwrap(),
+        400,
+        None,
+    )
+    .await;
+    assert_problem(post(r#"["a",null,null,"t","m","x",null]"#, "application/json").await.unwrap(), 400, None)
+        .await;
+    assert_problem(post("null", "application/json").await.unwrap(), 400, None).await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let body = format!(r#"{{"userId":"a","title":"t","message":"m","type":"x","data":{{"d":{deep}}}}}"#);
+    let response = app
+        .http
+        .post(app.url("/v1/notifications"))
+        .bearer_auth(&publisher)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, 400, None).await;
+    assert!(problem["detail"].as_str().unwrap().contains("nested"), "{problem}");
 }
 
 #[tokio::test]

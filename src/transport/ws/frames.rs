@@ -3,7 +3,7 @@
 use axum::extract::ws::{CloseFrame, Message};
 use serde_json::{json, Value};
 
-use crate::events::{names, payload};
+use crate::events::{names, payload, with_timestamp};
 
 /// Close codes this server sends, beside the standard ones.
 pub mod close {
@@ -30,9 +30,10 @@ pub fn event(name: &str, id: Option<&str>, data: &str) -> Message {
     Message::text(text)
 }
 
-/// Formats a reply to a client message, echoing its `ack`.
+/// Formats a reply to a client message, echoing its `ack`. The payload gets a `timestamp`
+/// like every other.
 pub fn reply(name: &str, ack: Option<u64>, data: Value) -> Message {
-    let mut reply = json!({ "event": name, "data": data });
+    let mut reply = json!({ "event": name, "data": with_timestamp(data) });
     if let Some(ack) = ack {
         reply["ack"] = ack.into();
     }

@@ -31,11 +31,18 @@ pub struct Authenticate {
     pub last_event_id: Option<String>,
 }
 
+/// Parses a client message, which must be one JSON object with a string `event`.
+fn parse_message(text: &str) -> Result<ClientMessage, String> {
+    if !text.trim_start().starts_with('{') {
+        return Err("a message must be a JSON object such as {\"event\":\"ping\"}".into());
+    }
+    serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))
+}
+
 /// Parses and verifies `{"event":"authenticate","data":{"token":"…","lastEventId":"…"}}`.
 pub fn parse_authenticate(state: &AppState, text: &str) -> Result<Authenticate, Rejection> {
     let unauthorized = |message: String| Rejection { code: "unauthorized", message };
-    let message: ClientMessage =
-        serde_json::from_str(text).map_err(|e| unauthorized(format!("invalid message: {e}")))?;
+    let message = parse_message(text).map_err(unauthorized)?;
     if message.event != "authenticate" {
         return Err(unauthorized("the first message must be `authenticate`".into()));
     }
@@ -74,7 +81,9 @@ fn rejected(ack: Option<u64>, rejection: Rejection) -> Outcome {
 pub async fn handle(state: &AppState, session: &mut Session, text: &str) -> Outcome {
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(message) => message,
-        Err(e) => return Some(frames::error(None, "invalid_message", &format!("invalid message: {e}"))).into(),
+        Err(e) => {
+            return Some(frames::error(None, "invalid_message", &format!("invalid message: {e}"))).into()
+        }
     };
     let ack = message.ack;
     let field = |name: &str| message.data.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
@@ -104,10 +113,13 @@ pub async fn handle(state: &AppState, session: &mut Session, text: &str) -> Outc
             let tenant = session.identity.tenant_key().to_string();
             match service::mark_read(state, &tenant, &session.identity.user_id, id).await {
                 Ok(_) => answer(json!({ "notificationId": id, "success": true })).into(),
-                Err(StoreError::NotFound) => Some(frames::error(ack, "not_found", "notification not found")).into(),
+                Err(StoreError::NotFound) => {
+                    Some(frames::error(ack, "not_found", "notification not found")).into()
+                }
                 Err(error) => {
                     tracing::error!(%error, conn.id = %session.connection_id, "mark_read failed");
-                    Some(frames::error(ack, "internal", "internal error; the server log has the cause")).into()
+                    Some(frames::error(ack, "internal", "internal error; the server log has the cause"))
+                        .into()
                 }
             }
         }

@@ -12,7 +12,7 @@ use axum::{
         ws::{rejection::WebSocketUpgradeRejection, Message, WebSocket},
         State, WebSocketUpgrade,
     },
-    http::HeaderMap,
+    http::{header, HeaderMap},
     response::Response,
 };
 use serde::Deserialize;
@@ -58,6 +58,7 @@ pub struct WsQuery {
         (status = 101, description = "Switched to WebSocket; `authenticated` comes first, or after an `authenticate` message"),
         (status = 400, description = "Not a WebSocket upgrade request, or an invalid `lastEventId`", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 401, description = "A token was given and is invalid", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `Origin` header names an origin outside NOTIFY_CORS_ORIGINS", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The user has the maximum number of connections", body = crate::problem::Problem, content_type = "application/problem+json"),
     ),
     security((), ("bearer" = []), ("access_token" = [])),
@@ -68,6 +69,14 @@ pub async fn handler(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Browsers send `Origin` with every WebSocket upgrade and apply no CORS to it, so the
+    // allowed origins are checked here; other clients send none.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = origin.to_str().is_ok_and(|o| state.config.cors_origins.iter().any(|a| a == o));
+        if !allowed {
+            return Err(ApiError::Forbidden("this Origin is not in NOTIFY_CORS_ORIGINS".into()));
+        }
+    }
     let identity = stream_identity(&state, &headers, query.access_token.as_deref())?;
     let upgrade = upgrade.map_err(|e| ApiError::BadRequest {
         detail: format!("expected a WebSocket upgrade request: {e}"),
@@ -91,7 +100,12 @@ pub async fn handler(
         .on_upgrade(move |socket| serve(state, socket, session, query.last_event_id)))
 }
 
-async fn serve(state: AppState, mut socket: WebSocket, session: Option<Session>, last_event_id: Option<String>) {
+async fn serve(
+    state: AppState,
+    mut socket: WebSocket,
+    session: Option<Session>,
+    last_event_id: Option<String>,
+) {
     let mut session = match session {
         Some(session) => session,
         None => match open_after_authenticate(&state, &mut socket, last_event_id).await {

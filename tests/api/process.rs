@@ -1,0 +1,98 @@
+//! The real binary under signals and load: SIGKILL, SIGTERM, and memory while a reader stalls.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn acknowledged_notifications_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("notify.db").display());
+    let publisher = publisher_token();
+    let alice = user_token("alice");
+
+    let server = ServerProcess::start(dir.path(), &["--database-url", &database]);
+    let app = server.app();
+    let mut sse = SseClient::connect(&app, &alice).await;
+    app.notify(&publisher, "alice", "seen").await;
+    let last = sse.next_named("notification:unread_count").await.id.unwrap();
+    drop(sse);
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        acknowledged.push(app.notify(&publisher, "alice", &format!("missed {n}")).await["id"].clone());
+    }
+    drop(server); // SIGKILL: no shutdown, no flush beyond what each commit did.
+
+    let server = ServerProcess::start(dir.path(), &["--database-url", &database]);
+    let app = server.app();
+    let mut sse = SseClient::resume(&app, &alice, &last).await;
+    let mut replayed = Vec::new();
+    while replayed.len() < acknowledged.len() {
+        replayed.push(sse.next_named("notification:new").await.data["notification"]["id"].clone());
+    }
+    assert_eq!(replayed, acknowledged, "every acknowledged notification, in order");
+    let count: serde_json::Value =
+        app.get("/v1/notifications/unread-count", &alice).await.json().await.unwrap();
+    assert_eq!(count["unreadCount"], 21);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), &["--shutdown-timeout", "5s"]);
+    let app = server.app();
+    let alice = user_token("alice");
+    let response = app.http.get(app.url("/v1/events")).bearer_auth(&alice).send().await.unwrap();
+    let mut sse_bytes = response.bytes_stream();
+    let mut ws = WsClient::connect(&app, &alice).await;
+
+    server.terminate();
+    let mut text = String::new();
+    use futures_util::StreamExt;
+    while let Some(chunk) = tokio::time::timeout(WAIT, sse_bytes.next()).await.expect("SSE ends in time") {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(text.ends_with("retry: 5000\n\n"), "SSE ends with a retry hint: {text:?}");
+    assert!(matches!(ws.next_frame().await, WsFrame::Closed(Some(1012))));
+    let status = server.wait_exit(Duration::from_secs(8));
+    assert!(status.success(), "clean exit: {status:?}");
+    let logs = server.drain_logs();
+    assert!(logs.contains("stopped"), "logs the stop:\n{logs}");
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_while_a_reader_stalls() {
+    const COUNT: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &["--connection-queue", "32"]);
+    let app = server.app();
+    let publisher = publisher_token();
+    let alice = user_token("alice");
+    let body = |n: usize| serde_json::json!({ "userId": "alice", "title": format!("n{n}"), "message": "m", "type": "x", "data": { "blob": "x".repeat(60_000) } });
+    // Warm up allocator and page cache before the baseline.
+    for n in 0..50 {
+        assert_eq!(app.create(&publisher, body(n)).await.status(), 201);
+    }
+
+    let mut stalled = small_window_stream(&app).await;
+    let request = format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    wait_until("the stalled stream to open", || async {
+        metric(&app, "notify_connections{transport=\"sse\"}").await == 1.0
+    })
+    .await;
+    let baseline = server.rss_kib();
+
+    for n in 0..COUNT {
+        assert_eq!(app.create(&publisher, body(n)).await.status(), 201);
+    }
+    let grown_mib = server.rss_kib().saturating_sub(baseline) / 1024;
+    let published_mib = COUNT * 60_000 / (1024 * 1024);
+    println!("published {published_mib} MiB behind a stalled reader; RSS grew {grown_mib} MiB");
+    // The channel holds at most 32 events (about 2 MiB here); the rest is allocator and
+    // SQLite cache slack. Unbounded buffering would grow by the whole 34 MiB.
+    assert!(grown_mib < 16, "RSS grew {grown_mib} MiB while {published_mib} MiB went past a stalled reader");
+    drop(stalled);
+}
