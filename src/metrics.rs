@@ -21,6 +21,8 @@ pub struct Metrics {
     pub resyncs: AtomicU64,
     /// Events removed by the retention pruner.
     pub pruned: AtomicU64,
+    /// Live events that arrived ahead of an earlier one, filled from the store.
+    pub gaps: AtomicU64,
     pub disconnects_slow: AtomicU64,
     pub disconnects_expired: AtomicU64,
     pub disconnects_dead_peer: AtomicU64,
@@ -66,6 +68,11 @@ impl Metrics {
                 &self.resyncs,
             ),
             ("notify_pruned_total", "Events removed by the retention pruner.", &self.pruned),
+            (
+                "notify_gaps_total",
+                "Live events that arrived out of order and were filled from the store.",
+                &self.gaps,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

@@ -339,7 +339,17 @@ impl Session {
                 bump(&self.metrics.deliveries);
                 return Ok(Delivery { event, id: None });
             };
-            if self.cursor.advance(&self.subscriptions[index].room, seq) {
+            let room = &self.subscriptions[index].room;
+            // Positions in a room have no holes, so a jump means earlier events are still on
+            // their way: publishers of concurrent commits, or nodes, may hand them over out of
+            // order. They are all committed already, so the store fills the gap, this event
+            // included, and the late live copies are dropped as duplicates.
+            if self.cursor.position(room).is_some_and(|position| seq > position + 1) {
+                bump(&self.metrics.gaps);
+                self.replay_rooms.push_back((room.clone(), seq));
+                continue;
+            }
+            if self.cursor.advance(room, seq) {
                 bump(&self.metrics.deliveries);
                 self.delivered = true;
                 return Ok(Delivery { event, id: Some(self.event_id()) });
@@ -425,5 +435,74 @@ impl Drop for Session {
             transport = self.transport.as_str(),
             "connection closed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{auth::Verifier, broker::MemoryBroker, config::Config, store::NewNotification};
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    async fn state(dir: &tempfile::TempDir) -> AppState {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let config = Flags::parse_from(["x", "--database-url", &url]).config.resolve().unwrap();
+        let store = crate::store::open(&url).await.unwrap();
+        let hub = Hub::new(16);
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let verifier = Verifier::from_config(&config).unwrap();
+        AppState::new(config, verifier, store, broker, hub, CancellationToken::new())
+    }
+
+    fn alice() -> Identity {
+        Identity {
+            user_id: "alice".into(),
+            tenant: None,
+            email: None,
+            role: None,
+            rooms: vec![],
+            expires_at: i64::MAX / 2,
+            is_publisher: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn out_of_order_live_events_are_filled_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(&dir).await;
+        let mut session = Session::open(&state, alice(), Transport::Sse, None).await.unwrap();
+        // Finish the initial replay, so what follows arrives on the live path.
+        let idle = tokio::time::timeout(Duration::from_millis(100), session.next()).await;
+        assert!(idle.is_err(), "nothing to deliver yet");
+
+        // Two commits (user positions 1 to 4) handed to the hub newest first, as two
+        // publishing tasks racing each other may do.
+        let content =
+            NewNotification { title: "t".into(), message: "m".into(), kind: "k".into(), data: None };
+        let users = ["alice".to_string()];
+        let first = state.store.create_notifications("", &users, &content).await.unwrap();
+        let second = state.store.create_notifications("", &users, &content).await.unwrap();
+        for event in second.events.iter().chain(&first.events) {
+            state.hub.dispatch(Arc::clone(event));
+        }
+
+        let mut seqs = Vec::new();
+        while seqs.len() < 4 {
+            let delivery =
+                tokio::time::timeout(Duration::from_secs(5), session.next()).await.unwrap().unwrap();
+            if let Some(seq) = delivery.event.seq {
+                seqs.push(seq);
+            }
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert!(state.metrics.gaps.load(Ordering::Relaxed) >= 1, "the gap was noticed");
     }
 }
