@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{config::Config, validate};
 
-/// Who a verified token stands for. A user is `(tenant, user_id)`: the same `sub` in two
+/// The user a verified token identifies. A user is `(tenant, user_id)`: the same `sub` in two
 /// tenants is two users.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -32,7 +32,7 @@ impl Identity {
     }
 }
 
-/// Why a token was rejected. Every variant becomes a 401.
+/// The reason a token was rejected. Every variant becomes a 401.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing bearer token")]
@@ -186,7 +186,7 @@ impl Verifier {
     }
 
     /// Signs a token with the HS256 secret. Fails when the server verifies with a public key,
-    /// because it holds no private key then.
+    /// because it has no private key then.
     pub fn mint(&self, claims: &Claims) -> Result<String, String> {
         let secret =
             self.secret.as_ref().ok_or("tokens can only be minted with an HS256 secret, not a public key")?;
@@ -237,7 +237,7 @@ fn opt_string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String
 }
 
 /// Returns the token of an `Authorization: Bearer …` header. The scheme is matched without
-/// regard to case, as RFC 9110 section 11.1 asks.
+/// regard to case, as RFC 9110 section 11.1 requires.
 pub fn bearer_from_headers(headers: &axum::http::HeaderMap) -> Result<Option<&str>, AuthError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Ok(None);

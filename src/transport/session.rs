@@ -64,7 +64,7 @@ impl Rejection {
     }
 }
 
-/// Why a connection could not open.
+/// The reason a connection could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("{0}")]
@@ -77,7 +77,7 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
-/// Why a connection must end while reading events.
+/// The reason a connection must end while reading events.
 #[derive(Debug)]
 pub enum Interrupted {
     /// The connection fell too far behind live events.
@@ -266,7 +266,7 @@ impl Session {
         Ok(())
     }
 
-    /// Leaves a named room and forgets its position. Returns false when the connection was
+    /// Leaves a named room and drops its position. Returns false when the connection was
     /// not in it.
     pub fn leave(&mut self, name: &str) -> bool {
         match self.named_room_index(name) {
@@ -319,7 +319,7 @@ impl Session {
         Ok(())
     }
 
-    /// Waits for the next event for this connection: first what the store holds after the
+    /// Waits for the next event for this connection: first the stored events after the
     /// connection's position, then live events. Events the connection already has (by
     /// position) are dropped, so replay and live never deliver one event twice.
     pub async fn next(&mut self) -> Result<Delivery, Interrupted> {

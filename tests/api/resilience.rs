@@ -22,7 +22,7 @@ impl Lcg {
     }
 }
 
-/// A client that reads a random number of events, drops its connection, and resumes from
+/// Runs a client that reads a random number of events, drops its connection, and resumes from
 /// its last id, until it has seen user position `last`. Returns every user position it saw.
 async fn flaky_reader(
     app: &TestApp,
@@ -169,7 +169,7 @@ async fn slow_websocket_reader_gets_4008_and_resumes() {
             }
         }
     }));
-    // The reader keeps answering pings but takes 20 ms per frame.
+    // The reader still replies to pings but takes 20 ms per frame.
     let read_slowly = async {
         let mut seen = Vec::new();
         loop {

@@ -40,7 +40,7 @@ pub fn reply(name: &str, ack: Option<u64>, data: Value) -> Message {
     Message::text(reply.to_string())
 }
 
-/// Formats an `error` event, echoing `ack` when the error answers a message.
+/// Formats an `error` event, echoing `ack` when the error replies to a message.
 pub fn error(ack: Option<u64>, code: &str, message: &str) -> Message {
     reply(names::ERROR, ack, payload::error(code, message))
 }

@@ -25,7 +25,7 @@ pub struct ClientMessage {
     pub ack: Option<u64>,
 }
 
-/// A verified `authenticate` message: who it names and where it asks to resume.
+/// A verified `authenticate` message: its identity and the event id to resume from.
 pub struct Authenticate {
     pub identity: Identity,
     pub last_event_id: Option<String>,
@@ -59,7 +59,7 @@ pub fn parse_authenticate(state: &AppState, text: &str) -> Result<Authenticate, 
     Ok(Authenticate { identity, last_event_id })
 }
 
-/// What handling a message produced: a frame to send, and a new token lifetime when the
+/// The result of handling a message: a frame to send, and a new token lifetime when the
 /// message renewed the token.
 pub struct Outcome {
     pub frame: Option<Message>,

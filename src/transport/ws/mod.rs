@@ -160,7 +160,7 @@ async fn open_after_authenticate(
     }
 }
 
-/// Why a socket loop ended.
+/// The reason a socket loop ended.
 enum End {
     /// The peer is gone or failed; nothing more can be sent.
     Gone(&'static str),
@@ -248,7 +248,7 @@ async fn run(state: &AppState, socket: &mut WebSocket, session: &mut Session) {
 }
 
 /// Sends one frame, giving up after `limit`: a peer that does not read for that long is
-/// treated as gone, so a stalled socket never holds its task forever.
+/// treated as gone, so a stalled socket never blocks its task forever.
 async fn send(socket: &mut WebSocket, frame: Message, limit: Duration) -> Result<(), &'static str> {
     match timeout(limit, socket.send(frame)).await {
         Ok(Ok(())) => Ok(()),
