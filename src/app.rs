@@ -17,6 +17,19 @@ use crate::{
     store::Store,
 };
 
+/// What the state is built from; see [`crate::Server::build`].
+pub struct Parts {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<Presence>,
+    /// This process's random id, shared with the broker.
+    pub node_id: String,
+    pub shutdown: CancellationToken,
+}
+
 /// Shared server state; cloning copies a pointer.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -33,32 +46,24 @@ pub struct Inner {
     /// Cancelled when the server starts shutting down; every stream watches it.
     pub shutdown: CancellationToken,
     /// Random per process, so connection ids stay unique across the nodes of a cluster.
-    node_id: String,
+    pub node_id: String,
     next_connection: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(
-        config: Config,
-        verifier: Verifier,
-        store: Arc<dyn Store>,
-        broker: Arc<dyn Broker>,
-        hub: Arc<Hub>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let presence = Presence::new(Arc::clone(&hub), config.presence_events);
-        let heartbeat = Heartbeat::start(config.heartbeat_interval, shutdown.clone());
+    pub fn new(parts: Parts) -> Self {
+        let heartbeat = Heartbeat::start(parts.config.heartbeat_interval, parts.shutdown.clone());
         AppState(Arc::new(Inner {
-            config,
-            verifier,
-            store,
-            broker,
-            hub,
-            presence,
+            config: parts.config,
+            verifier: parts.verifier,
+            store: parts.store,
+            broker: parts.broker,
+            hub: parts.hub,
+            presence: parts.presence,
             heartbeat,
             metrics: Arc::default(),
-            shutdown,
-            node_id: format!("{:08x}", rand::random::<u32>()),
+            shutdown: parts.shutdown,
+            node_id: parts.node_id,
             next_connection: AtomicU64::new(1),
         }))
     }

@@ -16,10 +16,19 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Broker for fan-out between nodes. Unset means in-process fan-out (one node), the only
-    /// mode so far: any value is rejected.
+    /// Broker for fan-out and presence between nodes: `redis://host:port` (or `rediss://`).
+    /// Unset means in-process fan-out for a single node.
     #[arg(long, env = "NOTIFY_BROKER_URL")]
     pub broker_url: Option<String>,
+
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[arg(long, env = "NOTIFY_REDIS_PREFIX", default_value = "notify")]
+    pub redis_prefix: String,
+
+    /// How long a node's presence outlives its last heartbeat in Redis: a node that dies
+    /// without saying goodbye leaves presence within this time.
+    #[arg(long, env = "NOTIFY_NODE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
 
     /// HS256 signing secret, at least 32 bytes. `JWT_SECRET` is read as a fallback. Without it
     /// and without a public key file, the server makes an ephemeral secret and only listens on
@@ -192,12 +201,19 @@ impl Config {
             return Err("NOTIFY_MAX_WS_MESSAGE_BYTES must be at least 256".into());
         }
         if let Some(url) = &self.broker_url {
-            // NOTE: only in-process fan-out exists so far; a broker URL is rejected rather than
-            // silently ignored, so a cluster never runs as unconnected single nodes.
-            return Err(format!(
-                "NOTIFY_BROKER_URL `{}` is not supported yet: leave it unset for in-process fan-out",
-                redact_url(url)
-            ));
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                // NOTE: NATS is not supported; rejecting it beats running as unconnected nodes.
+                return Err(format!(
+                    "NOTIFY_BROKER_URL `{}` is not supported: use redis://host:port, or leave it unset",
+                    redact_url(url)
+                ));
+            }
+        }
+        if self.node_ttl < Duration::from_secs(1) {
+            return Err("NOTIFY_NODE_TTL must be at least 1s".into());
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("NOTIFY_REDIS_PREFIX must be a non-empty word without spaces".into());
         }
         Ok(())
     }
@@ -219,6 +235,8 @@ impl fmt::Debug for Config {
             .field("bind", &self.bind)
             .field("database_url", &self.database_url.as_deref().map(redact_url))
             .field("broker_url", &self.broker_url.as_deref().map(redact_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("node_ttl", &self.node_ttl)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("jwt_public_key_file", &self.jwt_public_key_file)
             .field("jwt_issuer", &self.jwt_issuer)

@@ -36,11 +36,11 @@ use tokio_util::sync::CancellationToken;
 use axum::serve::ListenerExt;
 
 use crate::{
-    app::AppState,
+    app::{AppState, Parts},
     auth::Verifier,
-    broker::MemoryBroker,
+    broker::RedisSettings,
     config::Config,
-    hub::Hub,
+    hub::{Hub, Presence},
     store::{spawn_pruner, Retention},
 };
 
@@ -62,8 +62,18 @@ impl Server {
         let verifier = Verifier::from_config(&config)?;
         let store = store::open(config.database_url()).await?;
         let hub = Hub::new(config.connection_queue);
-        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
-        let state = AppState::new(config, verifier, store, broker, hub, CancellationToken::new());
+        let presence = Presence::new(Arc::clone(&hub), config.presence_events);
+        let node_id = format!("{:08x}", rand::random::<u32>());
+        let shutdown = CancellationToken::new();
+        let settings = RedisSettings {
+            prefix: config.redis_prefix.clone(),
+            node: node_id.clone(),
+            node_ttl: config.node_ttl,
+            shutdown: shutdown.clone(),
+        };
+        let broker =
+            broker::open(config.broker_url.as_deref(), settings, Arc::clone(&hub), Arc::clone(&presence)).await?;
+        let state = AppState::new(Parts { config, verifier, store, broker, hub, presence, node_id, shutdown });
         Ok(Server { state })
     }
 
@@ -110,6 +120,7 @@ impl Server {
         }
         token.cancel();
         let _ = pruner.await;
+        state.broker.close().await;
         state.store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -38,7 +38,7 @@ pub struct UserPresence {
     pub connections: usize,
 }
 
-/// Count connected users and connections.
+/// Count connected users and connections on every node.
 #[utoipa::path(
     get,
     path = "/v1/presence",
@@ -48,6 +48,7 @@ pub struct UserPresence {
         (status = 200, description = "Counts", body = PresenceSummary),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a publisher, or another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker that keeps cluster presence is down", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -56,12 +57,15 @@ pub async fn summary(
     Publisher(publisher): Publisher,
     Query(query): Query<PresenceQuery>,
 ) -> Result<Json<PresenceSummary>, ApiError> {
-    // NOTE: counts cover this node only until a shared broker keeps presence for a cluster.
-    let counts = if publisher.tenant.is_none() && query.tenant_id.is_none() {
-        state.presence.counts(None)
+    let tenant = if publisher.tenant.is_none() && query.tenant_id.is_none() {
+        None
     } else {
-        let tenant = publisher_tenant(&publisher, query.tenant_id.as_deref())?;
-        state.presence.counts(Some(&tenant))
+        Some(publisher_tenant(&publisher, query.tenant_id.as_deref())?)
+    };
+    let counts = match state.broker.presence_counts(tenant.as_deref()).await {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => state.presence.counts(tenant.as_deref()),
+        Err(e) => return Err(ApiError::Unavailable(format!("presence: {e}"))),
     };
     Ok(Json(PresenceSummary { connected_users: counts.users, connections: counts.connections }))
 }
@@ -77,6 +81,7 @@ pub async fn summary(
         (status = 400, description = "Invalid user id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not a publisher, or another tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker that keeps cluster presence is down", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
 )]
@@ -91,6 +96,10 @@ pub async fn user(
         field: Some("userId".into()),
     })?;
     let tenant = publisher_tenant(&publisher, query.tenant_id.as_deref())?;
-    let connections = state.presence.user_connections(&tenant, &user_id);
+    let connections = match state.broker.presence_of(&tenant, &user_id).await {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => state.presence.user_connections(&tenant, &user_id),
+        Err(e) => return Err(ApiError::Unavailable(format!("presence: {e}"))),
+    };
     Ok(Json(UserPresence { user_id, online: connections > 0, connections }))
 }

@@ -9,31 +9,49 @@ mod heartbeat;
 mod presence;
 
 pub use heartbeat::Heartbeat;
-pub use presence::{Presence, PresenceGuard, TooMany};
+pub use presence::{Counts, Presence, PresenceChange, PresenceGuard, TooMany};
 
 use std::{
     collections::HashMap,
     future::poll_fn,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     task::Poll,
 };
 
 use async_broadcast::{InactiveReceiver, Receiver, RecvError, Sender, TrySendError};
+use tokio::sync::{mpsc, watch};
 
 use crate::events::{Event, Room, RoomKey};
+
+/// Name of the internal event that tells connections to catch a room up from the store. It
+/// never reaches a client.
+pub const CATCH_UP: &str = "__catch_up";
 
 /// The registry of rooms with local subscribers.
 pub struct Hub {
     rooms: Mutex<HashMap<RoomKey, Channel>>,
     /// Events one receiver may fall behind before it lags.
     capacity: usize,
+    /// Told when a room gains its first or loses its last local subscriber, so a broker
+    /// can subscribe this node to exactly the rooms it serves.
+    watcher: OnceLock<mpsc::UnboundedSender<RoomChange>>,
 }
 
 struct Channel {
     sender: Sender<Arc<Event>>,
     /// Keeps the channel open between the last receiver leaving and the entry's removal.
     _keep_open: InactiveReceiver<Arc<Event>>,
+    /// True once the broker delivers this room's remote events to this node.
+    ready: watch::Receiver<bool>,
+}
+
+/// A change in the set of rooms this node has subscribers for.
+pub enum RoomChange {
+    /// The first local subscriber arrived; send `true` once remote events flow.
+    Added(RoomKey, watch::Sender<bool>),
+    /// The last local subscriber left.
+    Removed(RoomKey),
 }
 
 /// A connection fell too far behind and missed events; it must close and resume.
@@ -42,7 +60,13 @@ pub struct Lagged;
 
 impl Hub {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Hub { rooms: Mutex::new(HashMap::new()), capacity })
+        Arc::new(Hub { rooms: Mutex::new(HashMap::new()), capacity, watcher: OnceLock::new() })
+    }
+
+    /// Reports room changes to `watcher` from now on; set it before the first subscriber.
+    /// Returns false when a watcher was set before.
+    pub fn set_watcher(&self, watcher: mpsc::UnboundedSender<RoomChange>) -> bool {
+        self.watcher.set(watcher).is_ok()
     }
 
     /// Subscribes to a room, creating its channel when this is the first local subscriber.
@@ -53,10 +77,36 @@ impl Hub {
             let (mut sender, receiver) = async_broadcast::broadcast(self.capacity);
             sender.set_overflow(true);
             sender.set_await_active(false);
-            Channel { sender, _keep_open: receiver.deactivate() }
+            let (ready_tx, ready) = watch::channel(false);
+            match self.watcher.get() {
+                Some(watcher) => {
+                    let _ = watcher.send(RoomChange::Added(key.clone(), ready_tx));
+                }
+                // Without a broker every event is local, so the room is ready at once.
+                None => {
+                    let _ = ready_tx.send(true);
+                }
+            }
+            Channel { sender, _keep_open: receiver.deactivate(), ready }
         });
         let receiver = channel.sender.new_receiver();
-        Subscription { hub: Arc::clone(self), room, key, receiver: Some(receiver) }
+        let ready = channel.ready.clone();
+        Subscription { hub: Arc::clone(self), room, key, receiver: Some(receiver), ready }
+    }
+
+    /// Returns the keys of every room with local subscribers.
+    pub fn room_keys(&self) -> Vec<RoomKey> {
+        self.rooms.lock().expect("hub lock poisoned").keys().cloned().collect()
+    }
+
+    /// Tells every local connection to catch each of its rooms up from the store, after the
+    /// broker may have missed events (a broker outage, say).
+    pub fn catch_up_all(&self) {
+        let rooms = self.rooms.lock().expect("hub lock poisoned");
+        for (key, channel) in rooms.iter() {
+            let marker = Arc::new(Event { room: key.clone(), seq: None, name: CATCH_UP.into(), data: "{}".into() });
+            let _ = channel.sender.try_broadcast(marker);
+        }
     }
 
     /// Hands an event to every local subscriber of its room. Returns how many receivers
@@ -84,6 +134,9 @@ impl Hub {
         let mut rooms = self.rooms.lock().expect("hub lock poisoned");
         if rooms.get(key).is_some_and(|c| c.sender.receiver_count() == 0) {
             rooms.remove(key);
+            if let Some(watcher) = self.watcher.get() {
+                let _ = watcher.send(RoomChange::Removed(key.clone()));
+            }
         }
     }
 }
@@ -94,11 +147,20 @@ pub struct Subscription {
     pub room: Room,
     key: RoomKey,
     receiver: Option<Receiver<Arc<Event>>>,
+    ready: watch::Receiver<bool>,
 }
 
 impl Subscription {
     pub fn key(&self) -> &RoomKey {
         &self.key
+    }
+
+    /// Waits until the broker delivers this room's remote events, at most `limit`. A
+    /// connection reads the store only after this, so no remote event falls between the
+    /// store read and the broker subscription. Past the limit (a broker outage) it goes on:
+    /// the catch-up after the broker reconnects fills what was missed.
+    pub async fn wait_ready(&mut self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, self.ready.wait_for(|ready| *ready)).await;
     }
 }
 

@@ -1,9 +1,12 @@
-//! Local presence: how many connections each user has on this node.
+//! Local presence: how many connections each user has on this node. A cluster broker
+//! mirrors the changes into shared state and announces them cluster-wide instead.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
+
+use tokio::sync::mpsc;
 
 use super::Hub;
 use crate::events::{names, payload, Event, Room};
@@ -14,6 +17,16 @@ pub struct Presence {
     hub: Arc<Hub>,
     /// Whether `user:online` and `user:offline` go to the user's tenant room.
     announce: bool,
+    /// Set by a cluster broker: changes go there, and it announces cluster-wide transitions.
+    mirror: OnceLock<mpsc::UnboundedSender<PresenceChange>>,
+}
+
+/// One connection more (`delta` 1) or fewer (`delta` -1) for a user on this node.
+#[derive(Debug, Clone)]
+pub struct PresenceChange {
+    pub tenant: String,
+    pub user: String,
+    pub delta: i64,
 }
 
 #[derive(Default)]
@@ -39,7 +52,26 @@ pub struct Counts {
 
 impl Presence {
     pub fn new(hub: Arc<Hub>, announce: bool) -> Arc<Self> {
-        Arc::new(Presence { tenants: Mutex::new(HashMap::new()), hub, announce })
+        Arc::new(Presence { tenants: Mutex::new(HashMap::new()), hub, announce, mirror: OnceLock::new() })
+    }
+
+    /// Sends every later change to `mirror` instead of announcing local transitions.
+    pub fn set_mirror(&self, mirror: mpsc::UnboundedSender<PresenceChange>) -> bool {
+        self.mirror.set(mirror).is_ok()
+    }
+
+    /// Returns whether this node announces presence changes at all.
+    pub fn announces(&self) -> bool {
+        self.announce
+    }
+
+    /// Returns every user with connections here, with their counts.
+    pub fn snapshot(&self) -> Vec<(String, String, usize)> {
+        let tenants = self.tenants.lock().expect("presence lock poisoned");
+        tenants
+            .iter()
+            .flat_map(|(tenant, t)| t.users.iter().map(move |(user, c)| (tenant.clone(), user.clone(), c.connections)))
+            .collect()
     }
 
     /// Counts a new connection unless the user already has `limit`. The guard uncounts it
@@ -65,9 +97,7 @@ impl Presence {
             entry.connections += 1;
             count.connections == 1
         };
-        if first {
-            self.announce_change(tenant, user, names::USER_ONLINE);
-        }
+        self.changed(tenant, user, 1, first);
         Ok(PresenceGuard { presence: Arc::clone(self), tenant: tenant.into(), user: user.into() })
     }
 
@@ -112,8 +142,20 @@ impl Presence {
             }
             last
         };
-        if last {
-            self.announce_change(tenant, user, names::USER_OFFLINE);
+        self.changed(tenant, user, -1, last);
+    }
+
+    /// Mirrors a change to the cluster broker, or announces a local transition without one.
+    fn changed(&self, tenant: &str, user: &str, delta: i64, transition: bool) {
+        match self.mirror.get() {
+            Some(mirror) => {
+                let _ = mirror.send(PresenceChange { tenant: tenant.into(), user: user.into(), delta });
+            }
+            None if transition => {
+                let name = if delta > 0 { names::USER_ONLINE } else { names::USER_OFFLINE };
+                self.announce_change(tenant, user, name);
+            }
+            None => {}
         }
     }
 

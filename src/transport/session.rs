@@ -20,7 +20,7 @@ use crate::{
     app::AppState,
     auth::Identity,
     events::{names, owner_tag, payload, with_timestamp, Cursor, CursorError, Event, Room},
-    hub::{next_event, Hub, Lagged, PresenceGuard, Subscription, TooMany},
+    hub::{next_event, Hub, Lagged, PresenceGuard, Subscription, TooMany, CATCH_UP},
     metrics::{bump, Metrics},
     store::{Store, StoreError},
     validate,
@@ -28,6 +28,8 @@ use crate::{
 
 /// Events read from the store per query while replaying.
 const REPLAY_BATCH: u32 = 500;
+/// Longest wait for the broker to subscribe a new room before replay reads the store.
+const BROKER_READY_WAIT: Duration = Duration::from_secs(2);
 
 /// The transport a connection uses, as reported in `authenticated`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +173,9 @@ impl Session {
             _presence: presence,
         };
         for (room, head) in rooms.into_iter().zip(heads) {
-            session.subscriptions.push(session.hub.subscribe(room.clone()));
+            let mut subscription = session.hub.subscribe(room.clone());
+            subscription.wait_ready(BROKER_READY_WAIT).await;
+            session.subscriptions.push(subscription);
             session.replay_rooms.push_back((room, head));
         }
         session.gauge().fetch_add(1, Ordering::Relaxed);
@@ -261,7 +265,9 @@ impl Session {
         if let Some(position) = self.cursor.position(&room) {
             self.start.set(&room, position);
         }
-        self.subscriptions.push(self.hub.subscribe(room.clone()));
+        let mut subscription = self.hub.subscribe(room.clone());
+        subscription.wait_ready(BROKER_READY_WAIT).await;
+        self.subscriptions.push(subscription);
         self.replay_rooms.push_back((room, head));
         Ok(())
     }
@@ -335,11 +341,16 @@ impl Session {
             let (index, event) = next_event(&mut self.subscriptions, &mut self.next_poll)
                 .await
                 .map_err(|Lagged| Interrupted::Lagged)?;
+            let room = &self.subscriptions[index].room;
+            if event.name == CATCH_UP {
+                let position = self.cursor.position(room).unwrap_or(0);
+                self.replay_rooms.push_back((room.clone(), position));
+                continue;
+            }
             let Some(seq) = event.seq else {
                 bump(&self.metrics.deliveries);
                 return Ok(Delivery { event, id: None });
             };
-            let room = &self.subscriptions[index].room;
             // Positions in a room have no holes, so a jump means earlier events are still on
             // their way: publishers of concurrent commits, or nodes, may hand them over out of
             // order. They are all committed already, so the store fills the gap, this event
@@ -458,8 +469,11 @@ mod tests {
         let store = crate::store::open(&url).await.unwrap();
         let hub = Hub::new(16);
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let presence = crate::hub::Presence::new(Arc::clone(&hub), true);
         let verifier = Verifier::from_config(&config).unwrap();
-        AppState::new(config, verifier, store, broker, hub, CancellationToken::new())
+        let node_id = "test".to_string();
+        let shutdown = CancellationToken::new();
+        AppState::new(crate::app::Parts { config, verifier, store, broker, hub, presence, node_id, shutdown })
     }
 
     fn alice() -> Identity {

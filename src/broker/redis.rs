@@ -1,0 +1,425 @@
+//! The Redis broker: pub/sub channels per room for fan-out, and hashes per node for
+//! cluster-wide presence.
+//!
+//! A node subscribes only to the channels of rooms it has connections for, so a publish costs
+//! nothing on nodes without subscribers. Events are delivered locally at once and published
+//! for the other nodes, which skip messages they sent themselves. When Redis goes away,
+//! local delivery goes on; after the subscription comes back, every local connection
+//! catches its rooms up from the store, because pub/sub kept nothing from the outage.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerError};
+use crate::{
+    events::{payload, Event, Room, RoomKey},
+    hub::{Counts, Hub, Presence, PresenceChange, RoomChange},
+};
+
+/// Longest wait for one Redis command before the broker counts as down.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect delays grow from the first to the last value.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Settings of the Redis broker.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// Prefix of every key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+    /// This node's random id.
+    pub node: String,
+    /// How long a node's presence outlives its last heartbeat; a node that dies without
+    /// saying goodbye drops out of presence within this time.
+    pub node_ttl: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// An event as it travels between nodes.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    /// The publishing node, so it can skip its own messages.
+    origin: String,
+    room: String,
+    seq: Option<i64>,
+    name: String,
+    data: String,
+}
+
+pub struct RedisBroker {
+    settings: RedisSettings,
+    connection: ConnectionManager,
+    hub: Arc<Hub>,
+    /// False while the subscriber connection is down.
+    subscribed: Arc<AtomicBool>,
+    /// Set when a publish failed, so the next successful one asks every node to catch up.
+    missed: AtomicBool,
+    /// Set when this node's connection hash may be wrong (at start, after a failed update),
+    /// so the next heartbeat rewrites it from local counts.
+    presence_dirty: AtomicBool,
+    /// Adds `ARGV[3]` to this node's count for field `ARGV[2]`, then returns the user's total
+    /// over live nodes. One script, so two nodes never both see the same transition.
+    presence_script: Script,
+}
+
+impl RedisBroker {
+    /// Connects, then starts the subscriber, presence and heartbeat tasks.
+    pub async fn connect(
+        url: &str,
+        settings: RedisSettings,
+        hub: Arc<Hub>,
+        presence: Arc<Presence>,
+    ) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("NOTIFY_BROKER_URL: {e}"))?;
+        let connection = tokio::time::timeout(COMMAND_TIMEOUT * 5, ConnectionManager::new(client.clone()))
+            .await
+            .map_err(|_| "NOTIFY_BROKER_URL: timed out connecting to Redis".to_string())?
+            .map_err(|e| format!("NOTIFY_BROKER_URL: cannot connect to Redis: {e}"))?;
+        let broker = Arc::new(RedisBroker {
+            settings,
+            connection,
+            hub: Arc::clone(&hub),
+            subscribed: Arc::new(AtomicBool::new(false)),
+            missed: AtomicBool::new(false),
+            presence_dirty: AtomicBool::new(true),
+            presence_script: Script::new(PRESENCE_SCRIPT),
+        });
+
+        let (rooms_tx, rooms_rx) = mpsc::unbounded_channel();
+        hub.set_watcher(rooms_tx);
+        tokio::spawn(subscriber(client, Arc::clone(&broker), rooms_rx));
+
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        presence.set_mirror(changes_tx);
+        tokio::spawn(presence_writer(Arc::clone(&broker), Arc::clone(&presence), changes_rx));
+        tokio::spawn(heartbeat(Arc::clone(&broker), presence));
+        Ok(broker)
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.settings.prefix)
+    }
+
+    fn channel(&self, room: &RoomKey) -> String {
+        self.key(&format!("room:{room}"))
+    }
+
+    /// Runs one Redis command with the command timeout.
+    async fn run<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Result<T, BrokerError> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, command.query_async(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
+            Err(_) => Err(BrokerError::Unavailable("Redis command timed out".into())),
+        }
+    }
+
+    /// Returns the nodes whose heartbeat key still exists.
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let nodes: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(self.key("nodes")).clone()).await?;
+        let mut live = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let alive: bool = self.run(redis::cmd("EXISTS").arg(self.key(&format!("node:{node}"))).clone()).await?;
+            if alive {
+                live.push(node);
+            }
+        }
+        Ok(live)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, events: &[Arc<Event>]) -> Result<(), BrokerError> {
+        for event in events {
+            self.hub.dispatch(Arc::clone(event));
+        }
+        let mut pipe = redis::pipe();
+        for event in events {
+            let wire = Wire {
+                origin: self.settings.node.clone(),
+                room: event.room.to_string(),
+                seq: event.seq,
+                name: event.name.clone(),
+                data: event.data.clone(),
+            };
+            let text = serde_json::to_string(&wire).expect("wire event serializes");
+            pipe.publish(self.channel(&event.room), text).ignore();
+        }
+        if self.missed.swap(false, Ordering::Relaxed) {
+            // Some earlier publish never left this node; every node catches up from the store.
+            pipe.publish(self.key("catch-up"), &self.settings.node).ignore();
+        }
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+            Ok(Ok(())) => Ok(()),
+            outcome => {
+                self.missed.store(true, Ordering::Relaxed);
+                let reason = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "Redis publish timed out".into(),
+                };
+                Err(BrokerError::Unavailable(reason))
+            }
+        }
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        let _: String = self.run(redis::cmd("PING")).await?;
+        if !self.subscribed.load(Ordering::Relaxed) {
+            return Err(BrokerError::Unavailable("Redis subscription is reconnecting".into()));
+        }
+        Ok(())
+    }
+
+    async fn presence_counts(&self, tenant: Option<&str>) -> Result<Option<Counts>, BrokerError> {
+        let prefix = tenant.map(|t| user_field(t, ""));
+        let mut users = std::collections::HashSet::new();
+        let mut connections = 0usize;
+        for node in self.live_nodes().await? {
+            let counts: Vec<(String, i64)> =
+                self.run(redis::cmd("HGETALL").arg(self.key(&format!("conns:{node}"))).clone()).await?;
+            for (field, count) in counts {
+                if count > 0 && prefix.as_ref().is_none_or(|p| field.starts_with(p.as_str())) {
+                    connections += count as usize;
+                    users.insert(field);
+                }
+            }
+        }
+        Ok(Some(Counts { users: users.len(), connections }))
+    }
+
+    async fn presence_of(&self, tenant: &str, user: &str) -> Result<Option<usize>, BrokerError> {
+        let field = user_field(tenant, user);
+        let mut total = 0i64;
+        for node in self.live_nodes().await? {
+            let count: Option<i64> =
+                self.run(redis::cmd("HGET").arg(self.key(&format!("conns:{node}"))).arg(&field).clone()).await?;
+            total += count.unwrap_or(0).max(0);
+        }
+        Ok(Some(total as usize))
+    }
+
+    async fn close(&self) {
+        let node = &self.settings.node;
+        let mut command = redis::pipe();
+        command.del(self.key(&format!("node:{node}"))).ignore();
+        command.del(self.key(&format!("conns:{node}"))).ignore();
+        command.srem(self.key("nodes"), node).ignore();
+        let mut connection = self.connection.clone();
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, command.query_async::<()>(&mut connection)).await;
+    }
+}
+
+/// The field of a user in the per-node connection hashes. It is the user's room key, which
+/// percent-encodes both parts, so a tenant prefix cannot match another tenant.
+/// With an empty `user` it is the prefix every user of the tenant shares.
+fn user_field(tenant: &str, user: &str) -> String {
+    Room::User { tenant: tenant.into(), user: user.into() }.key().to_string()
+}
+
+const PRESENCE_SCRIPT: &str = r"
+local prefix, node, field, delta = ARGV[1], ARGV[4], ARGV[2], tonumber(ARGV[3])
+local mine = redis.call('HINCRBY', prefix .. ':conns:' .. node, field, delta)
+if mine <= 0 then redis.call('HDEL', prefix .. ':conns:' .. node, field) end
+local total = 0
+for _, n in ipairs(redis.call('SMEMBERS', prefix .. ':nodes')) do
+  if redis.call('EXISTS', prefix .. ':node:' .. n) == 1 then
+    total = total + tonumber(redis.call('HGET', prefix .. ':conns:' .. n, field) or '0')
+  end
+end
+return total
+";
+
+/// Keeps the pub/sub connection: subscribes to the rooms the hub reports, hands remote
+/// events to the hub, and reconnects with backoff, asking every connection to catch up after.
+async fn subscriber(client: redis::Client, broker: Arc<RedisBroker>, mut rooms: mpsc::UnboundedReceiver<RoomChange>) {
+    let shutdown = broker.settings.shutdown.clone();
+    let mut delay = BACKOFF.0;
+    let mut was_down = false;
+    // Rooms whose `ready` flag waits for the next successful subscription.
+    let mut pending: Vec<tokio::sync::watch::Sender<bool>> = Vec::new();
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            connected = tokio::time::timeout(COMMAND_TIMEOUT * 2, client.get_async_pubsub()) => connected,
+        };
+        let Ok(Ok(pubsub)) = connected else {
+            if !was_down {
+                tracing::warn!("broker connection lost; serving local connections and retrying");
+                was_down = true;
+            }
+            broker.subscribed.store(false, Ordering::Relaxed);
+            // Room changes keep arriving while down; their ready flags are released after the
+            // resubscription, or at once when the room is gone again.
+            while let Ok(change) = rooms.try_recv() {
+                if let RoomChange::Added(_, ready) = change {
+                    pending.push(ready);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(BACKOFF.1);
+            continue;
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut channels: Vec<String> = broker.hub.room_keys().iter().map(|k| broker.channel(k)).collect();
+        channels.push(broker.key("catch-up"));
+        if sink.subscribe(&channels).await.is_err() {
+            continue;
+        }
+        for ready in pending.drain(..) {
+            let _ = ready.send(true);
+        }
+        broker.subscribed.store(true, Ordering::Relaxed);
+        delay = BACKOFF.0;
+        if was_down {
+            tracing::info!(rooms = channels.len() - 1, "broker reconnected; catching local connections up from the store");
+            broker.hub.catch_up_all();
+        }
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                change = rooms.recv() => match change {
+                    Some(RoomChange::Added(key, ready)) => {
+                        if sink.subscribe(broker.channel(&key)).await.is_err() {
+                            pending.push(ready);
+                            break;
+                        }
+                        let _ = ready.send(true);
+                    }
+                    Some(RoomChange::Removed(key)) => {
+                        if sink.unsubscribe(broker.channel(&key)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    receive(&broker, message);
+                }
+            }
+        }
+        tracing::warn!("broker connection lost; serving local connections and retrying");
+        was_down = true;
+        broker.subscribed.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Hands one pub/sub message to the hub.
+fn receive(broker: &RedisBroker, message: redis::Msg) {
+    if message.get_channel_name() == broker.key("catch-up") {
+        let origin: String = message.get_payload().unwrap_or_default();
+        if origin != broker.settings.node {
+            broker.hub.catch_up_all();
+        }
+        return;
+    }
+    let Ok(text) = message.get_payload::<String>() else { return };
+    let Ok(wire) = serde_json::from_str::<Wire>(&text) else {
+        tracing::warn!(channel = message.get_channel_name(), "ignoring a malformed broker message");
+        return;
+    };
+    if wire.origin == broker.settings.node {
+        return;
+    }
+    let event = Event { room: RoomKey::from_stored(&wire.room), seq: wire.seq, name: wire.name, data: wire.data };
+    broker.hub.dispatch(Arc::new(event));
+}
+
+/// Applies local presence changes to this node's hash and announces cluster-wide
+/// transitions: a user's first connection anywhere, and the last one.
+async fn presence_writer(
+    broker: Arc<RedisBroker>,
+    presence: Arc<Presence>,
+    mut changes: mpsc::UnboundedReceiver<PresenceChange>,
+) {
+    while let Some(change) = changes.recv().await {
+        let field = user_field(&change.tenant, &change.user);
+        let mut invocation = broker.presence_script.prepare_invoke();
+        invocation.arg(&broker.settings.prefix).arg(&field).arg(change.delta).arg(&broker.settings.node);
+        let mut connection = broker.connection.clone();
+        let total = match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await
+        {
+            Ok(Ok(total)) => total,
+            // The heartbeat rewrites this node's hash from local counts once Redis is back.
+            _ => {
+                broker.presence_dirty.store(true, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let online = change.delta > 0 && total == 1;
+        let offline = change.delta < 0 && total == 0;
+        if presence.announces() && (online || offline) {
+            let name = if online { crate::events::names::USER_ONLINE } else { crate::events::names::USER_OFFLINE };
+            let room = Room::Tenant { tenant: change.tenant.clone() }.key();
+            let event = Event::new(room, None, name, payload::presence(&change.user));
+            let _ = broker.publish(&[event]).await;
+        }
+    }
+}
+
+/// Refreshes this node's liveness key, rewrites its connection hash from local counts (which
+/// repairs changes lost during an outage), and forgets nodes whose key expired.
+async fn heartbeat(broker: Arc<RedisBroker>, presence: Arc<Presence>) {
+    let settings = broker.settings.clone();
+    let mut timer = tokio::time::interval(settings.node_ttl / 3);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = settings.shutdown.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let node = &settings.node;
+        let conns = broker.key(&format!("conns:{node}"));
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET").arg(broker.key(&format!("node:{node}"))).arg(1).arg("PX").arg(settings.node_ttl.as_millis() as u64).ignore();
+        pipe.sadd(broker.key("nodes"), node).ignore();
+        let rewrite = broker.presence_dirty.swap(false, Ordering::Relaxed);
+        if rewrite {
+            pipe.del(&conns).ignore();
+            let snapshot = presence.snapshot();
+            if !snapshot.is_empty() {
+                let fields: Vec<(String, usize)> =
+                    snapshot.iter().map(|(tenant, user, count)| (user_field(tenant, user), *count)).collect();
+                pipe.hset_multiple(&conns, &fields).ignore();
+            }
+        }
+        let mut connection = broker.connection.clone();
+        let written = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            broker.presence_dirty.store(true, Ordering::Relaxed);
+            continue;
+        }
+        forget_dead_nodes(&broker).await;
+    }
+}
+
+async fn forget_dead_nodes(broker: &RedisBroker) {
+    let Ok(nodes) = broker.run::<Vec<String>>(redis::cmd("SMEMBERS").arg(broker.key("nodes")).clone()).await else {
+        return;
+    };
+    let live = broker.live_nodes().await.unwrap_or_default();
+    for node in nodes.iter().filter(|n| !live.contains(n)) {
+        let mut connection = broker.connection.clone();
+        let _: Result<(), _> = connection.del(broker.key(&format!("conns:{node}"))).await;
+        let _: Result<(), _> = connection.srem(broker.key("nodes"), node).await;
+        tracing::info!(node = %node, "forgot a node whose heartbeat expired");
+    }
+}
