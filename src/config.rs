@@ -11,8 +11,9 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
-    /// Store location: `sqlite://path` (created when missing). `DATABASE_URL` is read as a
-    /// fallback. Default: `sqlite://data/nexus-notify.db`.
+    /// Store location: `sqlite://path` (created when missing) or `postgres://…`, which
+    /// several nodes share. `DATABASE_URL` is read as a fallback. Default:
+    /// `sqlite://data/nexus-notify.db`.
     #[arg(long, env = "NOTIFY_DATABASE_URL")]
     pub database_url: Option<String>,
 

@@ -72,8 +72,10 @@ impl Server {
             shutdown: shutdown.clone(),
         };
         let broker =
-            broker::open(config.broker_url.as_deref(), settings, Arc::clone(&hub), Arc::clone(&presence)).await?;
-        let state = AppState::new(Parts { config, verifier, store, broker, hub, presence, node_id, shutdown });
+            broker::open(config.broker_url.as_deref(), settings, Arc::clone(&hub), Arc::clone(&presence))
+                .await?;
+        let state =
+            AppState::new(Parts { config, verifier, store, broker, hub, presence, node_id, shutdown });
         Ok(Server { state })
     }
 

@@ -130,7 +130,8 @@ impl RedisBroker {
         let nodes: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(self.key("nodes")).clone()).await?;
         let mut live = Vec::with_capacity(nodes.len());
         for node in nodes {
-            let alive: bool = self.run(redis::cmd("EXISTS").arg(self.key(&format!("node:{node}"))).clone()).await?;
+            let alive: bool =
+                self.run(redis::cmd("EXISTS").arg(self.key(&format!("node:{node}"))).clone()).await?;
             if alive {
                 live.push(node);
             }
@@ -204,8 +205,9 @@ impl Broker for RedisBroker {
         let field = user_field(tenant, user);
         let mut total = 0i64;
         for node in self.live_nodes().await? {
-            let count: Option<i64> =
-                self.run(redis::cmd("HGET").arg(self.key(&format!("conns:{node}"))).arg(&field).clone()).await?;
+            let count: Option<i64> = self
+                .run(redis::cmd("HGET").arg(self.key(&format!("conns:{node}"))).arg(&field).clone())
+                .await?;
             total += count.unwrap_or(0).max(0);
         }
         Ok(Some(total as usize))
@@ -244,7 +246,11 @@ return total
 
 /// Keeps the pub/sub connection: subscribes to the rooms the hub reports, hands remote
 /// events to the hub, and reconnects with backoff, asking every connection to catch up after.
-async fn subscriber(client: redis::Client, broker: Arc<RedisBroker>, mut rooms: mpsc::UnboundedReceiver<RoomChange>) {
+async fn subscriber(
+    client: redis::Client,
+    broker: Arc<RedisBroker>,
+    mut rooms: mpsc::UnboundedReceiver<RoomChange>,
+) {
     let shutdown = broker.settings.shutdown.clone();
     let mut delay = BACKOFF.0;
     let mut was_down = false;
@@ -287,7 +293,10 @@ async fn subscriber(client: redis::Client, broker: Arc<RedisBroker>, mut rooms: 
         broker.subscribed.store(true, Ordering::Relaxed);
         delay = BACKOFF.0;
         if was_down {
-            tracing::info!(rooms = channels.len() - 1, "broker reconnected; catching local connections up from the store");
+            tracing::info!(
+                rooms = channels.len() - 1,
+                "broker reconnected; catching local connections up from the store"
+            );
             broker.hub.catch_up_all();
         }
 
@@ -338,7 +347,8 @@ fn receive(broker: &RedisBroker, message: redis::Msg) {
     if wire.origin == broker.settings.node {
         return;
     }
-    let event = Event { room: RoomKey::from_stored(&wire.room), seq: wire.seq, name: wire.name, data: wire.data };
+    let event =
+        Event { room: RoomKey::from_stored(&wire.room), seq: wire.seq, name: wire.name, data: wire.data };
     broker.hub.dispatch(Arc::new(event));
 }
 
@@ -354,7 +364,11 @@ async fn presence_writer(
         let mut invocation = broker.presence_script.prepare_invoke();
         invocation.arg(&broker.settings.prefix).arg(&field).arg(change.delta).arg(&broker.settings.node);
         let mut connection = broker.connection.clone();
-        let total = match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await
+        let total = match tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            invocation.invoke_async::<i64>(&mut connection),
+        )
+        .await
         {
             Ok(Ok(total)) => total,
             // The heartbeat rewrites this node's hash from local counts once Redis is back.
@@ -366,7 +380,8 @@ async fn presence_writer(
         let online = change.delta > 0 && total == 1;
         let offline = change.delta < 0 && total == 0;
         if presence.announces() && (online || offline) {
-            let name = if online { crate::events::names::USER_ONLINE } else { crate::events::names::USER_OFFLINE };
+            let name =
+                if online { crate::events::names::USER_ONLINE } else { crate::events::names::USER_OFFLINE };
             let room = Room::Tenant { tenant: change.tenant.clone() }.key();
             let event = Event::new(room, None, name, payload::presence(&change.user));
             let _ = broker.publish(&[event]).await;
@@ -389,8 +404,17 @@ async fn heartbeat(broker: Arc<RedisBroker>, presence: Arc<Presence>) {
         let conns = broker.key(&format!("conns:{node}"));
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("SET").arg(broker.key(&format!("node:{node}"))).arg(1).arg("PX").arg(settings.node_ttl.as_millis() as u64).ignore();
+        pipe.cmd("SET")
+            .arg(broker.key(&format!("node:{node}")))
+            .arg(1)
+            .arg("PX")
+            .arg(settings.node_ttl.as_millis() as u64)
+            .ignore();
         pipe.sadd(broker.key("nodes"), node).ignore();
+        // Both expire unless some node keeps refreshing them, so a cluster killed whole
+        // leaves nothing behind in Redis.
+        let ttl_ms = settings.node_ttl.as_millis() as u64;
+        pipe.cmd("PEXPIRE").arg(broker.key("nodes")).arg(ttl_ms * 2).ignore();
         let rewrite = broker.presence_dirty.swap(false, Ordering::Relaxed);
         if rewrite {
             pipe.del(&conns).ignore();
@@ -401,6 +425,7 @@ async fn heartbeat(broker: Arc<RedisBroker>, presence: Arc<Presence>) {
                 pipe.hset_multiple(&conns, &fields).ignore();
             }
         }
+        pipe.cmd("PEXPIRE").arg(&conns).arg(ttl_ms).ignore();
         let mut connection = broker.connection.clone();
         let written = tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await;
         if !matches!(written, Ok(Ok(()))) {
@@ -412,7 +437,8 @@ async fn heartbeat(broker: Arc<RedisBroker>, presence: Arc<Presence>) {
 }
 
 async fn forget_dead_nodes(broker: &RedisBroker) {
-    let Ok(nodes) = broker.run::<Vec<String>>(redis::cmd("SMEMBERS").arg(broker.key("nodes")).clone()).await else {
+    let Ok(nodes) = broker.run::<Vec<String>>(redis::cmd("SMEMBERS").arg(broker.key("nodes")).clone()).await
+    else {
         return;
     };
     let live = broker.live_nodes().await.unwrap_or_default();

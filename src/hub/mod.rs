@@ -104,7 +104,8 @@ impl Hub {
     pub fn catch_up_all(&self) {
         let rooms = self.rooms.lock().expect("hub lock poisoned");
         for (key, channel) in rooms.iter() {
-            let marker = Arc::new(Event { room: key.clone(), seq: None, name: CATCH_UP.into(), data: "{}".into() });
+            let marker =
+                Arc::new(Event { room: key.clone(), seq: None, name: CATCH_UP.into(), data: "{}".into() });
             let _ = channel.sender.try_broadcast(marker);
         }
     }

@@ -70,7 +70,9 @@ impl Presence {
         let tenants = self.tenants.lock().expect("presence lock poisoned");
         tenants
             .iter()
-            .flat_map(|(tenant, t)| t.users.iter().map(move |(user, c)| (tenant.clone(), user.clone(), c.connections)))
+            .flat_map(|(tenant, t)| {
+                t.users.iter().map(move |(user, c)| (tenant.clone(), user.clone(), c.connections))
+            })
             .collect()
     }
 

@@ -3,9 +3,11 @@
 //! Every method that changes notifications appends the events it causes in the same
 //! transaction and returns them, so the caller publishes exactly what was committed.
 
+mod postgres;
 mod retention;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use retention::{prune_once, spawn_pruner, Retention};
 pub use sqlite::SqliteStore;
 
@@ -151,9 +153,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, String> {
         let store = SqliteStore::open(url).await.map_err(|e| format!("NOTIFY_DATABASE_URL: {e}"))?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        // NOTE: the PostgreSQL backend does not exist yet; refusing is safer than a silent fallback.
-        Err("NOTIFY_DATABASE_URL: PostgreSQL is not supported yet, use sqlite://PATH".into())
+        let store = PostgresStore::open(url).await.map_err(|e| format!("NOTIFY_DATABASE_URL: {e}"))?;
+        Ok(Arc::new(store))
     } else {
-        Err("NOTIFY_DATABASE_URL: expected a sqlite:// URL".into())
+        Err("NOTIFY_DATABASE_URL: expected a sqlite:// or postgres:// URL".into())
     }
 }

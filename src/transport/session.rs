@@ -348,6 +348,9 @@ impl Session {
                 continue;
             }
             let Some(seq) = event.seq else {
+                if self.is_own_presence(&event) {
+                    continue;
+                }
                 bump(&self.metrics.deliveries);
                 return Ok(Delivery { event, id: None });
             };
@@ -408,6 +411,18 @@ impl Session {
         let now = chrono::Utc::now().timestamp();
         let left = self.identity.expires_at + leeway.as_secs() as i64 - now;
         Duration::from_secs(left.max(0) as u64)
+    }
+
+    /// Returns true for `user:online` or `user:offline` about this connection's own user,
+    /// which tells the user nothing. Presence events are rare, so parsing them costs little.
+    fn is_own_presence(&self, event: &Event) -> bool {
+        if event.name != names::USER_ONLINE && event.name != names::USER_OFFLINE {
+            return false;
+        }
+        let user = serde_json::from_str::<Value>(&event.data)
+            .ok()
+            .and_then(|v| v["userId"].as_str().map(String::from));
+        user.as_deref() == Some(self.identity.user_id.as_str())
     }
 
     fn gauge(&self) -> &AtomicI64 {

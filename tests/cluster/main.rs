@@ -71,7 +71,9 @@ impl Cluster {
 
     async fn drop_database(self) {
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = admin.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database).as_str()).await;
+            let _ = admin
+                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database).as_str())
+                .await;
         }
     }
 }
@@ -105,7 +107,10 @@ async fn nodes_behave_as_one_server() {
     // Presence through any node counts the connections on all of them.
     let _bob = WsClient::connect(&apps[2], &user_token("bob")).await;
     for app in &apps {
-        assert_eq!(user_presence(app, "alice").await, json!({ "userId": "alice", "online": true, "connections": 2 }));
+        assert_eq!(
+            user_presence(app, "alice").await,
+            json!({ "userId": "alice", "online": true, "connections": 2 })
+        );
         let summary: Value = app.get("/v1/presence", &publisher).await.json().await.unwrap();
         assert_eq!(summary, json!({ "connectedUsers": 2, "connections": 3 }));
     }
@@ -128,8 +133,16 @@ async fn resume_on_another_node() {
     drop(sse);
     // Published on two nodes at once while the client is away.
     let (a, b) = tokio::join!(
-        async { for n in 0..10 { apps[1].notify(&publisher, "alice", &format!("b{n}")).await; } },
-        async { for n in 0..10 { apps[2].notify(&publisher, "alice", &format!("c{n}")).await; } },
+        async {
+            for n in 0..10 {
+                apps[1].notify(&publisher, "alice", &format!("b{n}")).await;
+            }
+        },
+        async {
+            for n in 0..10 {
+                apps[2].notify(&publisher, "alice", &format!("c{n}")).await;
+            }
+        },
     );
     let _ = (a, b);
 
@@ -244,8 +257,10 @@ async fn redis_restart_loses_nothing() {
     let last = (PER_PHASE * 3 * 2) as i64;
     let mut sse_seen = Vec::new();
     while sse_seen.last().copied().unwrap_or(0) < last {
-        if let Some(id) = sse.next().await.id {
-            sse_seen.push(user_seq(&id));
+        // SSE clients report the last id for events without one, so count by name.
+        let event = sse.next().await;
+        if event.name.starts_with("notification:") {
+            sse_seen.push(user_seq(&event.id.unwrap()));
         }
     }
     let mut ws_seen = Vec::new();
@@ -258,6 +273,71 @@ async fn redis_restart_loses_nothing() {
     assert_eq!(sse_seen, expected, "SSE on node 1: every event once, in order");
     assert_eq!(ws_seen, expected, "WebSocket on node 2: every event once, in order");
     drop(redis);
+    drop(nodes);
+    cluster.drop_database().await;
+}
+
+/// Measures creates per second and delivery latency (request start to arrival) through one
+/// node to connections on the others. Run by hand: `cargo test --release --test cluster --
+/// --ignored --nocapture`; the numbers go to docs/deployment.md.
+#[tokio::test]
+#[ignore = "a measurement, not a check; run by hand"]
+async fn measure_cross_node_delivery() {
+    const COUNT: usize = 2_000;
+    const WORKERS: usize = 8;
+    let Some(cluster) = Cluster::create("measure_cross_node_delivery").await else { return };
+    let nodes = [cluster.node(None), cluster.node(None), cluster.node(None)];
+    let apps: Vec<TestApp> = nodes.iter().map(ServerProcess::app).collect();
+    let publisher = publisher_token();
+    let alice = user_token("alice");
+    let mut sse = SseClient::connect(&apps[0], &alice).await;
+    let mut ws = WsClient::connect(&apps[1], &alice).await;
+
+    let started = std::time::Instant::now();
+    let sent = std::sync::Mutex::new(std::collections::HashMap::new());
+    let publish = futures_util::future::join_all((0..WORKERS).map(|worker| {
+        let (apps, publisher, sent) = (&apps, &publisher, &sent);
+        async move {
+            for n in 0..COUNT / WORKERS {
+                let title = format!("{worker}-{n}");
+                sent.lock().unwrap().insert(title.clone(), std::time::Instant::now());
+                apps[2].notify(publisher, "alice", &title).await;
+            }
+        }
+    }));
+    let receive_sse = async {
+        let mut latencies = Vec::with_capacity(COUNT);
+        while latencies.len() < COUNT {
+            let event = sse.next_named("notification:new").await;
+            let title = event.data["notification"]["title"].as_str().unwrap().to_string();
+            latencies.push(sent.lock().unwrap()[&title].elapsed());
+        }
+        latencies
+    };
+    let receive_ws = async {
+        let mut latencies = Vec::with_capacity(COUNT);
+        while latencies.len() < COUNT {
+            let event = ws.next_named("notification:new").await;
+            let title = event.data["notification"]["title"].as_str().unwrap().to_string();
+            latencies.push(sent.lock().unwrap()[&title].elapsed());
+        }
+        latencies
+    };
+    let (_, mut sse_latencies, mut ws_latencies) = tokio::join!(publish, receive_sse, receive_ws);
+    let elapsed = started.elapsed();
+    let quantile = |values: &mut Vec<Duration>, q: f64| {
+        values.sort();
+        values[((values.len() as f64 * q) as usize).min(values.len() - 1)]
+    };
+    println!(
+        "{COUNT} notifications, {WORKERS} concurrent publishers, via node 3: {:.0}/s; \
+         SSE on node 1 p50 {:?} p99 {:?}; WebSocket on node 2 p50 {:?} p99 {:?}",
+        COUNT as f64 / elapsed.as_secs_f64(),
+        quantile(&mut sse_latencies, 0.5),
+        quantile(&mut sse_latencies, 0.99),
+        quantile(&mut ws_latencies, 0.5),
+        quantile(&mut ws_latencies, 0.99),
+    );
     drop(nodes);
     cluster.drop_database().await;
 }
