@@ -27,7 +27,8 @@ pub struct Config {
     pub redis_prefix: String,
 
     /// How long a node's presence outlives its last heartbeat in Redis: a node that dies
-    /// without saying goodbye leaves presence within this time.
+    /// without saying goodbye leaves presence within this time plus one heartbeat of another
+    /// node (a third of it).
     #[arg(long, env = "NOTIFY_NODE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub node_ttl: Duration,
 
@@ -203,7 +204,8 @@ impl Config {
         }
         if let Some(url) = &self.broker_url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                // NOTE: NATS is not supported; rejecting it beats running as unconnected nodes.
+                // NOTE: only Redis is supported (NATS is not); rejecting other URLs beats
+                // running as unconnected nodes.
                 return Err(format!(
                     "NOTIFY_BROKER_URL `{}` is not supported: use redis://host:port, or leave it unset",
                     redact_url(url)

@@ -24,13 +24,25 @@ struct Cluster {
     dir: tempfile::TempDir,
 }
 
+/// Prints the skip notice once per run of this suite. It goes straight to stdout, because the
+/// test harness captures `println!` output of passing tests.
+fn print_skip_notice() {
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    NOTICE.call_once(|| {
+        let line =
+            "skipped: set NOTIFY_TEST_POSTGRES_URL and NOTIFY_TEST_REDIS_URL to run the multi-node suite\n";
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), line.as_bytes());
+    });
+}
+
 impl Cluster {
-    /// Creates the database, or returns `None` (after one skip line) without the services.
+    /// Creates the database, or returns `None` (after the skip notice) without the services.
     async fn create(test: &str) -> Option<Self> {
+        let _ = test;
         let (Ok(admin_url), Ok(redis_url)) =
             (std::env::var("NOTIFY_TEST_POSTGRES_URL"), std::env::var("NOTIFY_TEST_REDIS_URL"))
         else {
-            println!("skipped: set NOTIFY_TEST_POSTGRES_URL and NOTIFY_TEST_REDIS_URL to run the multi-node suite ({test})");
+            print_skip_notice();
             return None;
         };
         let suffix = format!("{:08x}", rand::random::<u32>());
@@ -219,7 +231,8 @@ async fn redis_restart_loses_nothing() {
     let Some(cluster) = Cluster::create("redis_restart_loses_nothing").await else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let Some(redis) = OwnRedis::start(port) else {
-        println!("skipped: redis-server is not installed, so Redis cannot be restarted");
+        let line = "skipped: install redis-server to run the Redis restart test\n";
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), line.as_bytes());
         cluster.drop_database().await;
         return;
     };
