@@ -99,7 +99,7 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_PRUNE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub prune_interval: Duration,
 
-    /// Maximum open streaming connections per user; more are rejected with 429.
+    /// Maximum open streaming connections per user on this node; more are rejected with 429.
     #[arg(long, env = "NOTIFY_MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: usize,
 

@@ -166,11 +166,14 @@ impl Broker for RedisBroker {
         match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
             Ok(Ok(())) => Ok(()),
             outcome => {
-                self.missed.store(true, Ordering::Relaxed);
                 let reason = match outcome {
                     Ok(Err(e)) => e.to_string(),
                     _ => "Redis publish timed out".into(),
                 };
+                // Logged once per outage: the flag stays set until a publish gets through.
+                if !self.missed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%reason, "publishing to Redis failed; other nodes catch up once it is back");
+                }
                 Err(BrokerError::Unavailable(reason))
             }
         }
