@@ -83,7 +83,7 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Events one connection may fall behind before it is closed and told to resume.
+    /// Events one connection may fall behind before it is closed and must resume.
     #[arg(long, env = "NOTIFY_CONNECTION_QUEUE", default_value_t = 256)]
     pub connection_queue: usize,
 
@@ -129,7 +129,7 @@ pub struct Config {
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/nexus-notify.db";
 /// Origins allowed when none are configured: the usual React and Vite dev servers.
 pub const DEFAULT_CORS_ORIGINS: [&str; 2] = ["http://localhost:3000", "http://localhost:5173"];
-/// Shortest HS256 secret accepted, in bytes (RFC 7518 section 3.2 asks for the hash size).
+/// Shortest HS256 secret accepted, in bytes (RFC 7518 section 3.2 requires the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
 impl Config {

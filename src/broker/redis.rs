@@ -40,8 +40,8 @@ pub struct RedisSettings {
     pub prefix: String,
     /// This node's random id.
     pub node: String,
-    /// How long a node's presence outlives its last heartbeat; a node that dies without
-    /// saying goodbye drops out of presence within this time.
+    /// How long a node's presence outlives its last heartbeat. A node that dies without
+    /// saying goodbye drops out of presence within this time plus a third of it.
     pub node_ttl: Duration,
     pub shutdown: CancellationToken,
 }
@@ -63,7 +63,7 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     /// False while the subscriber connection is down.
     subscribed: Arc<AtomicBool>,
-    /// Set when a publish failed, so the next successful one asks every node to catch up.
+    /// Set when a publish failed, so the next successful one requests a catch-up on every node.
     missed: AtomicBool,
     /// Set when this node's connection hash may be wrong (at start, after a failed update),
     /// so the next heartbeat rewrites it from local counts.
