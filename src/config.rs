@@ -136,6 +136,21 @@ impl Config {
     /// Fills unset values from the fallback variables that the NestJS module used, then
     /// checks every value. Errors name the setting at fault.
     pub fn resolve(mut self) -> Result<Self, String> {
+        // An empty variable, as env-file templates often leave, means unset.
+        for value in [
+            &mut self.database_url,
+            &mut self.broker_url,
+            &mut self.jwt_secret,
+            &mut self.jwt_issuer,
+            &mut self.jwt_audience,
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
+        if self.jwt_public_key_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            self.jwt_public_key_file = None;
+        }
         if self.database_url.is_none() {
             self.database_url = std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty());
         }

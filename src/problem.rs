@@ -14,6 +14,8 @@ use crate::{auth::AuthError, store::StoreError};
 pub enum ApiError {
     /// 400: the request cannot be parsed (malformed JSON, bad query or path).
     BadRequest { detail: String, field: Option<String> },
+    /// 400: the event id to resume from is malformed, ahead of the server or another user's.
+    InvalidLastEventId(String),
     /// 422: the request parsed but a field has an invalid value.
     InvalidField { detail: String, field: String },
     /// 401: the token is missing or not accepted.
@@ -66,6 +68,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest { detail, field } => {
                 (StatusCode::BAD_REQUEST, "bad_request", detail.clone(), field.clone())
+            }
+            ApiError::InvalidLastEventId(detail) => {
+                (StatusCode::BAD_REQUEST, "invalid_last_event_id", detail.clone(), Some("lastEventId".into()))
             }
             ApiError::InvalidField { detail, field } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail.clone(), Some(field.clone()))
@@ -128,7 +133,9 @@ impl IntoResponse for ApiError {
         let (status, code, detail, field) = self.parts();
         match &self {
             ApiError::Internal(cause) => tracing::error!(%cause, "request failed"),
-            ApiError::Unavailable(cause) => tracing::warn!(%cause, "dependency unavailable"),
+            // The store and the broker log their own outages once; every request during one
+            // would flood the log at a higher level.
+            ApiError::Unavailable(cause) => tracing::debug!(%cause, "dependency unavailable"),
             _ => tracing::debug!(status = status.as_u16(), code, %detail, "request rejected"),
         }
         let body = Problem {

@@ -37,7 +37,7 @@ impl FromRequestParts<AppState> for Publisher {
         let User(identity) = User::from_request_parts(parts, state).await?;
         if !identity.is_publisher {
             return Err(ApiError::Forbidden(format!(
-                "publishing needs a role in NOTIFY_PUBLISHER_ROLES ({}); this token has {}",
+                "this endpoint needs a publisher role from NOTIFY_PUBLISHER_ROLES ({}); this token has {}",
                 state.config.publisher_roles.join(", "),
                 identity.role.as_deref().map_or("no role".to_string(), |r| format!("role `{r}`")),
             )));

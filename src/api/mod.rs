@@ -18,8 +18,9 @@ use axum::{
 };
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
-    trace::TraceLayer,
+    trace::{DefaultOnFailure, TraceLayer},
 };
+use tracing::Level;
 
 use crate::{app::AppState, problem::ApiError, transport};
 
@@ -50,7 +51,13 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.cors_origins);
     routes
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // ApiError logs each failure once at the level it deserves, so the layer's own
+        // failure line stays at debug: a readiness probe during an outage is not an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .layer(cors)
         .with_state(state)
 }

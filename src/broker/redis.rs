@@ -30,6 +30,10 @@ use crate::{
 
 /// Longest wait for one Redis command before the broker counts as down.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Events that may wait for Redis; past this, events are dropped and a catch-up requested.
+const OUTBOX_CAPACITY: usize = 10_000;
+/// Events sent to Redis in one pipeline at most.
+const PUBLISH_BATCH: usize = 256;
 /// Reconnect delays grow from the first to the last value.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -63,7 +67,10 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     /// False while the subscriber connection is down.
     subscribed: Arc<AtomicBool>,
-    /// Set when a publish failed, so the next successful one requests a catch-up on every node.
+    /// Committed events waiting for the publisher task.
+    outbox: mpsc::Sender<Arc<Event>>,
+    /// Set when events never reached Redis, so the next batch that does requests a catch-up
+    /// on every node.
     missed: AtomicBool,
     /// Set when this node's connection hash may be wrong (at start, after a failed update),
     /// so the next heartbeat rewrites it from local counts.
@@ -86,16 +93,19 @@ impl RedisBroker {
             .await
             .map_err(|_| "NOTIFY_BROKER_URL: timed out connecting to Redis".to_string())?
             .map_err(|e| format!("NOTIFY_BROKER_URL: cannot connect to Redis: {e}"))?;
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let broker = Arc::new(RedisBroker {
             settings,
             connection,
             hub: Arc::clone(&hub),
             subscribed: Arc::new(AtomicBool::new(false)),
+            outbox,
             missed: AtomicBool::new(false),
             presence_dirty: AtomicBool::new(true),
             presence_script: Script::new(PRESENCE_SCRIPT),
         });
 
+        tokio::spawn(publisher(Arc::clone(&broker), outbox_rx));
         let (rooms_tx, rooms_rx) = mpsc::unbounded_channel();
         hub.set_watcher(rooms_tx);
         tokio::spawn(subscriber(client, Arc::clone(&broker), rooms_rx));
@@ -125,6 +135,15 @@ impl RedisBroker {
         }
     }
 
+    /// Fails at once while the subscriber knows Redis is down, rather than after a timeout.
+    fn check_subscribed(&self) -> Result<(), BrokerError> {
+        if self.subscribed.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("Redis is unreachable; reconnecting".into()))
+        }
+    }
+
     /// Returns the nodes whose heartbeat key still exists.
     async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
         let nodes: Vec<String> = self.run(redis::cmd("SMEMBERS").arg(self.key("nodes")).clone()).await?;
@@ -146,48 +165,27 @@ impl Broker for RedisBroker {
         for event in events {
             self.hub.dispatch(Arc::clone(event));
         }
-        let mut pipe = redis::pipe();
+        // The request does not wait for Redis: the events are committed and delivered here,
+        // and the publisher task sends them on in order.
         for event in events {
-            let wire = Wire {
-                origin: self.settings.node.clone(),
-                room: event.room.to_string(),
-                seq: event.seq,
-                name: event.name.clone(),
-                data: event.data.clone(),
-            };
-            let text = serde_json::to_string(&wire).expect("wire event serializes");
-            pipe.publish(self.channel(&event.room), text).ignore();
-        }
-        if self.missed.swap(false, Ordering::Relaxed) {
-            // Some earlier publish never left this node; every node catches up from the store.
-            pipe.publish(self.key("catch-up"), &self.settings.node).ignore();
-        }
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
-            Ok(Ok(())) => Ok(()),
-            outcome => {
-                let reason = match outcome {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "Redis publish timed out".into(),
-                };
-                // Logged once per outage: the flag stays set until a publish gets through.
-                if !self.missed.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%reason, "publishing to Redis failed; other nodes catch up once it is back");
-                }
-                Err(BrokerError::Unavailable(reason))
+            if self.outbox.try_send(Arc::clone(event)).is_err() {
+                // A full queue means Redis has been slow or down for a while. Dropping is safe,
+                // because the next batch that gets through asks every node to catch up.
+                self.missed.store(true, Ordering::Relaxed);
+                return Err(BrokerError::Unavailable("the queue to Redis is full".into()));
             }
-        }
-    }
-
-    async fn ready(&self) -> Result<(), BrokerError> {
-        let _: String = self.run(redis::cmd("PING")).await?;
-        if !self.subscribed.load(Ordering::Relaxed) {
-            return Err(BrokerError::Unavailable("Redis subscription is reconnecting".into()));
         }
         Ok(())
     }
 
+    async fn ready(&self) -> Result<(), BrokerError> {
+        self.check_subscribed()?;
+        let _: String = self.run(redis::cmd("PING")).await?;
+        Ok(())
+    }
+
     async fn presence_counts(&self, tenant: Option<&str>) -> Result<Option<Counts>, BrokerError> {
+        self.check_subscribed()?;
         let prefix = tenant.map(|t| user_field(t, ""));
         let mut users = std::collections::HashSet::new();
         let mut connections = 0usize;
@@ -205,6 +203,7 @@ impl Broker for RedisBroker {
     }
 
     async fn presence_of(&self, tenant: &str, user: &str) -> Result<Option<usize>, BrokerError> {
+        self.check_subscribed()?;
         let field = user_field(tenant, user);
         let mut total = 0i64;
         for node in self.live_nodes().await? {
@@ -246,6 +245,54 @@ for _, n in ipairs(redis.call('SMEMBERS', prefix .. ':nodes')) do
 end
 return total
 ";
+
+/// Sends queued events to Redis in order, in batches. A batch that fails is dropped and the
+/// next one that gets through asks every node to catch up from the store.
+async fn publisher(broker: Arc<RedisBroker>, mut outbox: mpsc::Receiver<Arc<Event>>) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    let mut down = false;
+    while outbox.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for event in batch.drain(..) {
+            let wire = Wire {
+                origin: broker.settings.node.clone(),
+                room: event.room.to_string(),
+                seq: event.seq,
+                name: event.name.clone(),
+                data: event.data.clone(),
+            };
+            let text = serde_json::to_string(&wire).expect("wire event serializes");
+            pipe.publish(broker.channel(&event.room), text).ignore();
+        }
+        let catch_up = broker.missed.load(Ordering::Relaxed);
+        if catch_up {
+            pipe.publish(broker.key("catch-up"), &broker.settings.node).ignore();
+        }
+        let mut connection = broker.connection.clone();
+        match tokio::time::timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+            Ok(Ok(())) => {
+                if catch_up {
+                    broker.missed.store(false, Ordering::Relaxed);
+                }
+                if down {
+                    tracing::info!("publishing to Redis works again; other nodes are catching up");
+                    down = false;
+                }
+            }
+            outcome => {
+                broker.missed.store(true, Ordering::Relaxed);
+                if !down {
+                    let reason = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(%reason, "publishing to Redis failed; other nodes catch up once it is back");
+                    down = true;
+                }
+            }
+        }
+    }
+}
 
 /// Keeps the pub/sub connection: subscribes to the rooms the hub reports, hands remote
 /// events to the hub, and reconnects with backoff, asking every connection to catch up after.

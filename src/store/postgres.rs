@@ -22,6 +22,9 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
+/// Longest wait for a connection, at start-up and from the pool.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const COLUMNS: &str = "id, user_id, title, message, kind, data, status, created_at, read_at";
 
 const COUNT_UNREAD: &str =
@@ -36,7 +39,16 @@ impl PostgresStore {
         // keeps the space inside the value of the startup `options` string.
         let options =
             PgConnectOptions::from_str(url)?.options([("default_transaction_isolation", r"read\ committed")]);
-        let pool = PgPoolOptions::new().connect_with(options).await?;
+        // One direct connection first, so a refused or misnamed server fails at start-up with
+        // its own error instead of the pool's generic timeout.
+        let probe = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        sqlx::Connection::close(probe).await?;
+        let pool = PgPoolOptions::new().acquire_timeout(CONNECT_TIMEOUT).connect_with(options).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PostgresStore { pool })
     }

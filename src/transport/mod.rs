@@ -30,10 +30,9 @@ pub fn stream_identity(
 /// Maps a failure to open a connection to the HTTP error answered at the handshake.
 pub fn open_error(error: OpenError) -> ApiError {
     match error {
-        OpenError::Cursor(_) | OpenError::FutureCursor(_) => ApiError::BadRequest {
-            detail: format!("`lastEventId` is invalid: {error}"),
-            field: Some("lastEventId".into()),
-        },
+        OpenError::Cursor(_) | OpenError::FutureCursor(_) => {
+            ApiError::InvalidLastEventId(format!("`lastEventId` is invalid: {error}"))
+        }
         OpenError::TooMany(_) => ApiError::TooManyRequests(error.to_string()),
         OpenError::Store(e) => ApiError::Unavailable(format!("store: {e}")),
     }

@@ -99,10 +99,8 @@ pub async fn handler(
     let identity = stream_identity(&state, &headers, query.access_token.as_deref())?
         .ok_or(ApiError::Unauthorized(AuthError::Missing))?;
     let header_id = headers.get("last-event-id").map(|v| {
-        v.to_str().map_err(|_| ApiError::BadRequest {
-            detail: "`Last-Event-ID` header must be visible ASCII".into(),
-            field: Some("Last-Event-ID".into()),
-        })
+        v.to_str()
+            .map_err(|_| ApiError::InvalidLastEventId("`Last-Event-ID` header must be visible ASCII".into()))
     });
     let resume = match header_id.transpose()? {
         Some(id) if !id.is_empty() => Some(id.to_string()),

@@ -72,6 +72,11 @@ async fn ws_mark_read_updates_count_on_sse() {
     assert_eq!(reply.name, "notification:mark_read");
     assert_eq!(reply.data["success"], true);
 
+    // Ids with control characters are rejected before they reach the store.
+    ws.send(json!({ "event": "notification:mark_read", "data": { "notificationId": "a\u{0}b" }, "ack": 8 }))
+        .await;
+    assert_eq!(ws.next_ack(8).await.data["code"], "invalid_message");
+
     let read = sse.next_named("notification:read").await;
     assert_eq!(read.data["notificationId"], first["id"]);
     assert_eq!(read.data["success"], true);

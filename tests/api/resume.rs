@@ -160,7 +160,8 @@ async fn bad_ids_are_bad_requests() {
             .await
             .unwrap();
         assert_eq!(response.status(), 400, "SSE {label}");
-        assert_problem(response, 400, Some("lastEventId")).await;
+        let problem = assert_problem(response, 400, Some("lastEventId")).await;
+        assert_eq!(problem["code"], "invalid_last_event_id", "SSE {label}");
 
         let url = app.ws_url(&format!("?access_token={alice}&lastEventId={id}"));
         match tokio_tungstenite::connect_async(url).await {
@@ -176,6 +177,19 @@ async fn bad_ids_are_bad_requests() {
     assert_eq!(ws.next_ack(1).await.data["code"], "invalid_last_event_id");
     ws.send(json!({ "event": "ping", "ack": 2 })).await;
     assert_eq!(ws.next_ack(2).await.name, "pong", "a bad resume leaves the socket working");
+
+    // A lastEventId that is not a string is rejected, not ignored.
+    let (mut socket, _) = tokio_tungstenite::connect_async(app.ws_url("")).await.unwrap();
+    let authenticate = json!({ "event": "authenticate", "data": { "token": alice, "lastEventId": 5 } });
+    futures_util::SinkExt::send(
+        &mut socket,
+        tokio_tungstenite::tungstenite::Message::text(authenticate.to_string()),
+    )
+    .await
+    .unwrap();
+    let frame = futures_util::StreamExt::next(&mut socket).await.unwrap().unwrap();
+    let error: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(error["data"]["code"], "invalid_last_event_id");
 }
 
 #[tokio::test]

@@ -54,8 +54,15 @@ pub fn parse_authenticate(state: &AppState, text: &str) -> Result<Authenticate, 
         AuthError::Expired => Rejection { code: "token_expired", message: e.to_string() },
         e => unauthorized(e.to_string()),
     })?;
-    let last_event_id =
-        message.data.get("lastEventId").and_then(Value::as_str).filter(|id| !id.is_empty()).map(String::from);
+    let last_event_id = match message.data.get("lastEventId") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if id.is_empty() => None,
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => {
+            let message = "`data.lastEventId` must be a string".to_string();
+            return Err(Rejection { code: "invalid_last_event_id", message });
+        }
+    };
     Ok(Authenticate { identity, last_event_id })
 }
 
@@ -110,6 +117,10 @@ pub async fn handle(state: &AppState, session: &mut Session, text: &str) -> Outc
         },
         names::MARK_READ => {
             let Some(id) = field("notificationId") else { return missing("notificationId") };
+            if let Err(problem) = crate::validate::identifier(id) {
+                let message = format!("`data.notificationId` {problem}");
+                return Some(frames::error(ack, "invalid_message", &message)).into();
+            }
             let tenant = session.identity.tenant_key().to_string();
             match service::mark_read(state, &tenant, &session.identity.user_id, id).await {
                 Ok(_) => answer(json!({ "notificationId": id, "success": true })).into(),
