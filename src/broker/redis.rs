@@ -311,14 +311,25 @@ async fn subscriber(
             _ = shutdown.cancelled() => return,
             connected = tokio::time::timeout(COMMAND_TIMEOUT * 2, client.get_async_pubsub()) => connected,
         };
-        let Ok(Ok(pubsub)) = connected else {
+        let subscribed = match connected {
+            Ok(Ok(pubsub)) => {
+                let (mut sink, stream) = pubsub.split();
+                let mut channels: Vec<String> =
+                    broker.hub.room_keys().iter().map(|k| broker.channel(k)).collect();
+                channels.push(broker.key("catch-up"));
+                // A server that accepts connections but fails commands counts as down too.
+                sink.subscribe(&channels).await.ok().map(|()| (sink, stream, channels.len() - 1))
+            }
+            _ => None,
+        };
+        let Some((mut sink, mut stream, room_count)) = subscribed else {
             if !was_down {
                 tracing::warn!("broker connection lost; serving local connections and retrying");
                 was_down = true;
             }
             broker.subscribed.store(false, Ordering::Relaxed);
-            // Room changes keep arriving while down; their ready flags are released after the
-            // resubscription, or at once when the room is gone again.
+            // Room changes keep arriving while down. Their rooms are in the hub, so the next
+            // subscription covers them and releases their ready flags.
             while let Ok(change) = rooms.try_recv() {
                 if let RoomChange::Added(_, ready) = change {
                     pending.push(ready);
@@ -331,12 +342,6 @@ async fn subscriber(
             delay = (delay * 2).min(BACKOFF.1);
             continue;
         };
-        let (mut sink, mut stream) = pubsub.split();
-        let mut channels: Vec<String> = broker.hub.room_keys().iter().map(|k| broker.channel(k)).collect();
-        channels.push(broker.key("catch-up"));
-        if sink.subscribe(&channels).await.is_err() {
-            continue;
-        }
         for ready in pending.drain(..) {
             let _ = ready.send(true);
         }
@@ -344,7 +349,7 @@ async fn subscriber(
         delay = BACKOFF.0;
         if was_down {
             tracing::info!(
-                rooms = channels.len() - 1,
+                rooms = room_count,
                 "broker reconnected; catching local connections up from the store"
             );
             broker.hub.catch_up_all();
