@@ -18,6 +18,11 @@ use crate::{
 /// query string, so they stay out of URLs that proxies log.
 pub struct User(pub Identity);
 
+/// The verified caller's id, left in the request extensions for extractors that run later
+/// and log.
+#[derive(Clone)]
+struct CallerId(String);
+
 /// A caller whose `role` is one of the configured publisher roles.
 pub struct Publisher(pub Identity);
 
@@ -26,7 +31,9 @@ impl FromRequestParts<AppState> for User {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_from_headers(&parts.headers)?.ok_or(AuthError::Missing)?;
-        Ok(User(state.verifier.verify(token)?))
+        let identity = state.verifier.verify(token)?;
+        parts.extensions.insert(CallerId(identity.user_id.clone()));
+        Ok(User(identity))
     }
 }
 
@@ -67,8 +74,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
+        let caller = request.extensions().get::<CallerId>().cloned();
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                let user = caller.as_ref().map_or("", |c| c.0.as_str());
+                tracing::info!(user.id = %user, limit = state.config.max_body_bytes, "request body over the limit");
                 ApiError::PayloadTooLarge(state.config.max_body_bytes)
             } else {
                 ApiError::BadRequest { detail: format!("failed to read body: {rejection}"), field: None }

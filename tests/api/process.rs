@@ -96,3 +96,41 @@ async fn memory_stays_bounded_while_a_reader_stalls() {
     assert!(grown_mib < 16, "RSS grew {grown_mib} MiB while {published_mib} MiB went past a stalled reader");
     drop(stalled);
 }
+
+#[tokio::test]
+async fn limits_are_logged_once_with_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--max-body-bytes", "1024", "--max-rooms-per-connection", "1", "--max-connections-per-user", "1"],
+    );
+    let app = server.app();
+
+    let big = serde_json::json!({ "userId": "a", "title": "t", "message": "x".repeat(2_000), "type": "x" });
+    assert_eq!(app.create(&publisher_token(), big).await.status(), 413);
+
+    let carol = Claims::user("carol").rooms(&["a", "b", "c"]).token();
+    let mut ws = WsClient::connect(&app, &carol).await;
+    for (ack, room) in [(1, "a"), (2, "b"), (3, "c")] {
+        ws.send(serde_json::json!({ "event": "room:join", "data": { "room": room }, "ack": ack })).await;
+        ws.next_ack(ack).await;
+    }
+    for _ in 0..3 {
+        let response = app.http.get(app.url("/v1/events")).bearer_auth(&carol).send().await.unwrap();
+        assert_eq!(response.status(), 429);
+    }
+
+    let logs = server.drain_logs();
+    let count = |needle: &str| logs.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("request body over the limit"), 1, "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("request body over the limit") && l.contains("user.id=backend")),
+        "{logs}"
+    );
+    assert_eq!(count("room limit reached"), 1, "two refused joins, one line:\n{logs}");
+    assert_eq!(count("connection limit reached"), 1, "three refused connections, one line:\n{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("connection limit reached") && l.contains("user.id=carol")),
+        "{logs}"
+    );
+}
