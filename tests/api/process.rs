@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-
 use crate::support::*;
 
 #[tokio::test]
@@ -76,13 +74,7 @@ async fn memory_stays_bounded_while_a_reader_stalls() {
         assert_eq!(app.create(&publisher, body(n)).await.status(), 201);
     }
 
-    let mut stalled = small_window_stream(&app).await;
-    let request = format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\r\n");
-    stalled.write_all(request.as_bytes()).await.unwrap();
-    wait_until("the stalled stream to open", || async {
-        metric(&app, "notify_connections{transport=\"sse\"}").await == 1.0
-    })
-    .await;
+    let stalled = open_stalled_sse(&app, &alice).await;
     let baseline = server.rss_kib();
 
     for n in 0..COUNT {

@@ -8,7 +8,6 @@ use std::{
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -205,14 +204,7 @@ async fn stalled_sse_reader_delays_nobody() {
     let publisher = publisher_token();
     let alice = user_token("alice");
 
-    // A raw connection that sends its request and never reads a byte.
-    let mut stalled = small_window_stream(&app).await;
-    let request = format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\r\n");
-    stalled.write_all(request.as_bytes()).await.unwrap();
-    wait_until("the stalled stream to open", || async {
-        metric(&app, "notify_connections{transport=\"sse\"}").await == 1.0
-    })
-    .await;
+    let stalled = open_stalled_sse(&app, &alice).await;
 
     let mut healthy = SseClient::connect(&app, &alice).await;
     let mut sent = HashMap::new();

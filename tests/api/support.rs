@@ -529,3 +529,17 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Opens an SSE stream over a small-window connection that sends its request and never reads
+/// a byte, and waits until the server counts it. It is the only SSE connection of the test.
+pub async fn open_stalled_sse(app: &TestApp, token: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stalled = small_window_stream(app).await;
+    let request = format!("GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    wait_until("the stalled stream to open", || async {
+        metric(app, "notify_connections{transport=\"sse\"}").await == 1.0
+    })
+    .await;
+    stalled
+}
