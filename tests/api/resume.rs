@@ -237,3 +237,42 @@ async fn one_id_resumes_user_tenant_and_rooms() {
     names.sort();
     assert_eq!(names, ["data:updated", "maintenance", "notification:new"]);
 }
+
+#[tokio::test]
+async fn ws_room_joined_later_resumes_from_the_id() {
+    let app = spawn_app().await;
+    let publisher = publisher_token();
+    let alice = Claims::user("alice").rooms(&["orders"]).token();
+    let order = |n: i64| json!({ "event": "data:updated", "data": { "type": "order", "data": { "n": n } } });
+    let post = |body: serde_json::Value| {
+        app.http.post(app.url("/v1/rooms/orders/events")).bearer_auth(&publisher).json(&body).send()
+    };
+
+    let mut ws = WsClient::connect(&app, &alice).await;
+    ws.send(json!({ "event": "room:join", "data": { "room": "orders" }, "ack": 1 })).await;
+    ws.next_ack(1).await;
+    assert_eq!(post(order(1)).await.unwrap().status(), 201);
+    let last = ws.next_named("data:updated").await.id.unwrap();
+    assert!(last.contains("r-orders:1"), "the id carries the room position: {last}");
+    drop(ws);
+    assert_eq!(post(order(2)).await.unwrap().status(), 201);
+    assert_eq!(post(order(3)).await.unwrap().status(), 201);
+
+    // The room is joined only after the socket resumed; its position waits in the cursor.
+    let mut ws = WsClient::resume(&app, &alice, &last).await;
+    ws.send(json!({ "event": "room:join", "data": { "room": "orders" }, "ack": 2 })).await;
+    ws.next_ack(2).await;
+    let replayed: Vec<i64> = vec![ws.next_named("data:updated").await, ws.next_named("data:updated").await]
+        .iter()
+        .map(|e| e.data["data"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(replayed, vec![2, 3], "the missed room events, once, in order");
+
+    // Leaving forgets the position, so rejoining starts from now.
+    ws.send(json!({ "event": "room:leave", "data": { "room": "orders" }, "ack": 3 })).await;
+    ws.next_ack(3).await;
+    ws.send(json!({ "event": "room:join", "data": { "room": "orders" }, "ack": 4 })).await;
+    ws.next_ack(4).await;
+    assert_eq!(post(order(4)).await.unwrap().status(), 201);
+    assert_eq!(ws.next_named("data:updated").await.data["data"]["n"], 4);
+}
