@@ -75,8 +75,9 @@ pub struct RedisBroker {
     /// Set when this node's connection hash may be wrong (at start, after a failed update),
     /// so the next heartbeat rewrites it from local counts.
     presence_dirty: AtomicBool,
-    /// Adds `ARGV[3]` to this node's count for field `ARGV[2]`, then returns the user's total
-    /// over live nodes. One script, so two nodes never both see the same transition.
+    /// Adds `ARGV[3]` to this node's count for field `ARGV[2]`, renews the hash's expiry to
+    /// `ARGV[5]` ms, then returns the user's total over live nodes. One script, so two nodes
+    /// never both see the same transition.
     presence_script: Script,
 }
 
@@ -237,6 +238,7 @@ const PRESENCE_SCRIPT: &str = r"
 local prefix, node, field, delta = ARGV[1], ARGV[4], ARGV[2], tonumber(ARGV[3])
 local mine = redis.call('HINCRBY', prefix .. ':conns:' .. node, field, delta)
 if mine <= 0 then redis.call('HDEL', prefix .. ':conns:' .. node, field) end
+redis.call('PEXPIRE', prefix .. ':conns:' .. node, ARGV[5])
 local total = 0
 for _, n in ipairs(redis.call('SMEMBERS', prefix .. ':nodes')) do
   if redis.call('EXISTS', prefix .. ':node:' .. n) == 1 then
@@ -417,7 +419,12 @@ async fn presence_writer(
     while let Some(change) = changes.recv().await {
         let field = user_field(&change.tenant, &change.user);
         let mut invocation = broker.presence_script.prepare_invoke();
-        invocation.arg(&broker.settings.prefix).arg(&field).arg(change.delta).arg(&broker.settings.node);
+        invocation
+            .arg(&broker.settings.prefix)
+            .arg(&field)
+            .arg(change.delta)
+            .arg(&broker.settings.node)
+            .arg(broker.settings.node_ttl.as_millis() as u64);
         let mut connection = broker.connection.clone();
         let total = match tokio::time::timeout(
             COMMAND_TIMEOUT,

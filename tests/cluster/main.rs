@@ -82,10 +82,34 @@ impl Cluster {
     }
 
     async fn drop_database(self) {
-        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = admin
-                .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database).as_str())
-                .await;
+        drop(self);
+    }
+}
+
+impl Drop for Cluster {
+    /// Drops the test database, also when the test panicked. It runs on a thread of its own,
+    /// because a test's runtime cannot block on async work inside `drop`.
+    fn drop(&mut self) {
+        let (admin_url, database) = (self.admin_url.clone(), self.database.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                for _ in 0..3 {
+                    if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                        let sql = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+                        if admin.execute(sql.as_str()).await.is_ok() {
+                            return true;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                false
+            })
+        })
+        .join()
+        .unwrap_or(false);
+        if !dropped {
+            eprintln!("warning: failed to drop test database {}", self.database);
         }
     }
 }
