@@ -17,7 +17,7 @@ use crate::{
     store::Store,
 };
 
-/// What the state is built from; see [`crate::Server::build`].
+/// The components the state is built from; see [`crate::Server::build`].
 pub struct Parts {
     pub config: Config,
     pub verifier: Verifier,
@@ -25,28 +25,22 @@ pub struct Parts {
     pub broker: Arc<dyn Broker>,
     pub hub: Arc<Hub>,
     pub presence: Arc<Presence>,
-    /// This process's random id, shared with the broker.
+    /// This process's random id, shared with the broker, so connection ids stay unique
+    /// across the nodes of a cluster.
     pub node_id: String,
+    /// Cancelled when the server starts shutting down; every stream watches it.
     pub shutdown: CancellationToken,
 }
 
-/// Shared server state; cloning copies a pointer.
+/// Shared server state; cloning copies a pointer. Fields of [`Parts`] are reached through
+/// `Deref`, as in `state.config`.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub config: Config,
-    pub verifier: Verifier,
-    pub store: Arc<dyn Store>,
-    pub broker: Arc<dyn Broker>,
-    pub hub: Arc<Hub>,
-    pub presence: Arc<Presence>,
+    parts: Parts,
     pub heartbeat: Heartbeat,
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the server starts shutting down; every stream watches it.
-    pub shutdown: CancellationToken,
-    /// Random per process, so connection ids stay unique across the nodes of a cluster.
-    pub node_id: String,
     next_connection: AtomicU64,
 }
 
@@ -54,16 +48,9 @@ impl AppState {
     pub fn new(parts: Parts) -> Self {
         let heartbeat = Heartbeat::start(parts.config.heartbeat_interval, parts.shutdown.clone());
         AppState(Arc::new(Inner {
-            config: parts.config,
-            verifier: parts.verifier,
-            store: parts.store,
-            broker: parts.broker,
-            hub: parts.hub,
-            presence: parts.presence,
+            parts,
             heartbeat,
             metrics: Arc::default(),
-            shutdown: parts.shutdown,
-            node_id: parts.node_id,
             next_connection: AtomicU64::new(1),
         }))
     }
@@ -80,5 +67,13 @@ impl std::ops::Deref for AppState {
 
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+impl std::ops::Deref for Inner {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.parts
     }
 }
