@@ -68,7 +68,7 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
 
-    /// Longest a peer may stay silent (no pong, no frame) or leave sent data unacknowledged
+    /// Maximum time a peer may stay silent (no pong, no frame) or leave sent data unacknowledged
     /// before its connection is dropped. Checked at each heartbeat, so a dead peer goes
     /// within this time plus one heartbeat interval.
     #[arg(long, env = "NOTIFY_PEER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -78,7 +78,7 @@ pub struct Config {
     #[arg(long, env = "NOTIFY_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
 
-    /// Longest wait, on shutdown, for connections and requests to finish before the store
+    /// Maximum wait, on shutdown, for connections and requests to finish before the store
     /// closes anyway.
     #[arg(long, env = "NOTIFY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,

@@ -111,8 +111,8 @@ impl Event {
 /// A connection's position in each of its rooms, sent to clients as the event id.
 ///
 /// One id must resume every room a connection follows, so the id lists them all, then a tag
-/// of the user it belongs to: `u:12.t:3.r-orders:5~1a2b3c4d` means user event 12, tenant
-/// event 3 and event 5 of room `orders`, for the user whose tag is `1a2b3c4d`.
+/// of the user it belongs to. For example, `u:12.t:3.r-orders:5~1a2b3c4d` means user event 12,
+/// tenant event 3 and event 5 of room `orders`, for the user whose tag is `1a2b3c4d`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
     positions: BTreeMap<Label, i64>,
@@ -135,7 +135,7 @@ impl Label {
     }
 }
 
-/// Why a client's event id was rejected.
+/// The reason a client's event id was rejected.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
     #[error("invalid event id: {0}")]

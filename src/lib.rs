@@ -79,12 +79,12 @@ impl Server {
         Ok(Server { state })
     }
 
-    /// The shared state, for minting demo tokens before serving.
+    /// Returns the shared state, for minting demo tokens before serving.
     pub fn state(&self) -> &AppState {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains: streams are told to reconnect and end,
+    /// Serves until `shutdown` resolves, then drains: streams get a reconnect hint and end,
     /// in-flight requests finish, and the store closes. Waits at most the configured
     /// shutdown timeout for that.
     pub async fn serve(
@@ -132,7 +132,7 @@ impl Server {
 /// Sets the options every accepted connection gets. `TCP_USER_TIMEOUT` makes the kernel drop
 /// a peer that leaves sent data unacknowledged (or its receive window shut) for longer than
 /// the peer timeout, which catches stalled readers the application cannot see while hyper
-/// holds their bytes. Keepalive probes find peers that vanished while idle.
+/// buffers their bytes. Keepalive probes find peers that vanished while idle.
 fn tune_socket(tcp: &mut tokio::net::TcpStream, peer_timeout: std::time::Duration) {
     let _ = tcp.set_nodelay(true);
     let socket = socket2::SockRef::from(&*tcp);

@@ -1,8 +1,8 @@
 //! Checks for the free-form strings that reach room keys, event ids and log fields.
 
-/// Longest user id, tenant id or room name accepted, in characters.
+/// Maximum length of a user id, tenant id or room name, in characters.
 pub const MAX_IDENTIFIER_CHARS: usize = 255;
-/// Longest publisher-chosen event name accepted, in characters.
+/// Maximum length of a publisher-chosen event name, in characters.
 pub const MAX_EVENT_NAME_CHARS: usize = 64;
 
 /// Checks a user id, tenant id or room name: 1 to 255 characters, no control characters

@@ -53,8 +53,8 @@ impl FromRequestParts<AppState> for Publisher {
     }
 }
 
-/// A JSON body. Syntax errors answer 400 with the line and column; a value of the wrong
-/// type or a missing field answers 422 with the field's path.
+/// A JSON body. Syntax errors get a 400 with the line and column, and a value of the wrong
+/// type or a missing field gets a 422 with the field's path.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {

@@ -21,14 +21,14 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Report whether the store and the broker answer.
+/// Report whether the store and the broker respond.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
         (status = 200, body = Health),
-        (status = 503, description = "The store or the broker is down; `detail` says which", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the broker is down; `detail` names the one that failed", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {

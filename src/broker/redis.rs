@@ -4,7 +4,7 @@
 //! A node subscribes only to the channels of rooms it has connections for, so a publish costs
 //! nothing on nodes without subscribers. Events are delivered locally at once and published
 //! for the other nodes, which skip messages they sent themselves. When Redis goes away,
-//! local delivery goes on; after the subscription comes back, every local connection
+//! local delivery goes on. After the subscription comes back, every local connection
 //! catches its rooms up from the store, because pub/sub kept nothing from the outage.
 
 use std::{
@@ -28,7 +28,7 @@ use crate::{
     hub::{Counts, Hub, Presence, PresenceChange, RoomChange},
 };
 
-/// Longest wait for one Redis command before the broker counts as down.
+/// Maximum wait for one Redis command before the broker counts as down.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Events that may wait for Redis; past this, events are dropped and a catch-up requested.
 const OUTBOX_CAPACITY: usize = 10_000;
@@ -136,7 +136,7 @@ impl RedisBroker {
         }
     }
 
-    /// Fails at once while the subscriber knows Redis is down, rather than after a timeout.
+    /// Fails at once while the subscriber has found Redis down, rather than after a timeout.
     fn check_subscribed(&self) -> Result<(), BrokerError> {
         if self.subscribed.load(Ordering::Relaxed) {
             Ok(())
@@ -171,7 +171,7 @@ impl Broker for RedisBroker {
         for event in events {
             if self.outbox.try_send(Arc::clone(event)).is_err() {
                 // A full queue means Redis has been slow or down for a while. Dropping is safe,
-                // because the next batch that gets through asks every node to catch up.
+                // because the next batch that gets through requests a catch-up on every node.
                 self.missed.store(true, Ordering::Relaxed);
                 return Err(BrokerError::Unavailable("the queue to Redis is full".into()));
             }
@@ -227,7 +227,7 @@ impl Broker for RedisBroker {
     }
 }
 
-/// The field of a user in the per-node connection hashes. It is the user's room key, which
+/// Returns the field of a user in the per-node connection hashes. It is the user's room key, which
 /// percent-encodes both parts, so a tenant prefix cannot match another tenant.
 /// With an empty `user` it is the prefix every user of the tenant shares.
 fn user_field(tenant: &str, user: &str) -> String {
@@ -249,7 +249,7 @@ return total
 ";
 
 /// Sends queued events to Redis in order, in batches. A batch that fails is dropped and the
-/// next one that gets through asks every node to catch up from the store.
+/// next one that gets through requests a catch-up from the store on every node.
 async fn publisher(broker: Arc<RedisBroker>, mut outbox: mpsc::Receiver<Arc<Event>>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     let mut down = false;
@@ -452,7 +452,7 @@ async fn presence_writer(
 }
 
 /// Refreshes this node's liveness key, rewrites its connection hash from local counts (which
-/// repairs changes lost during an outage), and forgets nodes whose key expired.
+/// repairs changes lost during an outage), and removes nodes whose key expired.
 async fn heartbeat(broker: Arc<RedisBroker>, presence: Arc<Presence>) {
     let settings = broker.settings.clone();
     let mut timer = tokio::time::interval(settings.node_ttl / 3);

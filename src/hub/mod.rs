@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::events::{Event, Room, RoomKey};
 
-/// Name of the internal event that tells connections to catch a room up from the store. It
+/// Name of the internal event that makes connections catch a room up from the store. It
 /// never reaches a client.
 pub const CATCH_UP: &str = "__catch_up";
 

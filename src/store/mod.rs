@@ -39,7 +39,7 @@ pub struct NewNotification {
     pub data: Option<Value>,
 }
 
-/// Which notifications a list returns.
+/// The status filter of a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusFilter {
@@ -69,7 +69,7 @@ impl PageCursor {
     }
 }
 
-/// What a change to notifications committed.
+/// The result of a committed change to notifications.
 #[derive(Debug, Default)]
 pub struct Change<T> {
     pub value: T,
@@ -140,7 +140,7 @@ pub trait Store: Send + Sync + 'static {
         batch: u32,
     ) -> Result<u64, StoreError>;
 
-    /// Checks that the database answers.
+    /// Checks that the database responds.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Closes connections after in-flight work; later calls fail.

@@ -22,7 +22,7 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
-/// Longest wait for a connection, at start-up and from the pool.
+/// Maximum wait for a connection, at start-up and from the pool.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const COLUMNS: &str = "id, user_id, title, message, kind, data, status, created_at, read_at";

@@ -27,7 +27,7 @@ pub fn stream_identity(
     token.map(|t| state.verifier.verify(t)).transpose()
 }
 
-/// Maps a failure to open a connection to the HTTP error answered at the handshake.
+/// Maps a failure to open a connection to the HTTP error returned at the handshake.
 pub fn open_error(error: OpenError) -> ApiError {
     match error {
         OpenError::Cursor(_) | OpenError::FutureCursor(_) => {

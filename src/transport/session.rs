@@ -28,7 +28,7 @@ use crate::{
 
 /// Events read from the store per query while replaying.
 const REPLAY_BATCH: u32 = 500;
-/// Longest wait for the broker to subscribe a new room before replay reads the store.
+/// Maximum wait for the broker to subscribe a new room before replay reads the store.
 const BROKER_READY_WAIT: Duration = Duration::from_secs(2);
 
 /// The transport a connection uses, as reported in `authenticated`.
@@ -212,35 +212,10 @@ impl Session {
     /// id gave, or from now. The user's own `user:` and `tenant:` rooms are joined already,
     /// so naming them again succeeds without change.
     pub async fn join(&mut self, name: &str) -> Result<(), Rejection> {
-        if let Err(problem) = validate::identifier(name) {
-            return Err(Rejection { code: "invalid_room", message: format!("room name {problem}") });
-        }
-        if self.is_own_builtin_room(name) || self.named_room_index(name).is_some() {
+        let Some(room) = self.authorize_join(name)? else {
             return Ok(());
-        }
-        if name.starts_with("user:") || name.starts_with("tenant:") {
-            return Err(Rejection {
-                code: "room_forbidden",
-                message: format!("room `{name}` belongs to another user or tenant"),
-            });
-        }
-        if !self.identity.rooms.iter().any(|granted| granted == name) {
-            return Err(Rejection {
-                code: "room_forbidden",
-                message: format!("room `{name}` is not granted by this token's rooms claim"),
-            });
-        }
-        if self.subscriptions.len() - 2 >= self.max_rooms {
-            if !self.room_limit_logged {
-                self.room_limit_logged = true;
-                tracing::info!(user.id = %self.identity.user_id, conn.id = %self.connection_id, limit = self.max_rooms, "room limit reached");
-            }
-            return Err(Rejection {
-                code: "room_limit",
-                message: format!("a connection may join at most {} rooms", self.max_rooms),
-            });
-        }
-        let room = Room::Named { tenant: self.identity.tenant_key().into(), name: name.into() };
+        };
+
         let head = match self.store.heads(&[room.key()]).await {
             Ok(heads) => heads[0],
             Err(error) => {
@@ -265,11 +240,40 @@ impl Session {
         if let Some(position) = self.cursor.position(&room) {
             self.start.set(&room, position);
         }
+
         let mut subscription = self.hub.subscribe(room.clone());
         subscription.wait_ready(BROKER_READY_WAIT).await;
         self.subscriptions.push(subscription);
         self.replay_rooms.push_back((room, head));
         Ok(())
+    }
+
+    /// Checks that this connection may join `name`. Returns the room to join, or `None` when
+    /// the connection is in it already.
+    fn authorize_join(&mut self, name: &str) -> Result<Option<Room>, Rejection> {
+        if let Err(problem) = validate::identifier(name) {
+            return Err(Rejection { code: "invalid_room", message: format!("room name {problem}") });
+        }
+        if self.is_own_builtin_room(name) || self.named_room_index(name).is_some() {
+            return Ok(None);
+        }
+        if name.starts_with("user:") || name.starts_with("tenant:") {
+            let message = format!("room `{name}` belongs to another user or tenant");
+            return Err(Rejection { code: "room_forbidden", message });
+        }
+        if !self.identity.rooms.iter().any(|granted| granted == name) {
+            let message = format!("room `{name}` is not granted by this token's rooms claim");
+            return Err(Rejection { code: "room_forbidden", message });
+        }
+        if self.subscriptions.len() - 2 >= self.max_rooms {
+            if !self.room_limit_logged {
+                self.room_limit_logged = true;
+                tracing::info!(user.id = %self.identity.user_id, conn.id = %self.connection_id, limit = self.max_rooms, "room limit reached");
+            }
+            let message = format!("a connection may join at most {} rooms", self.max_rooms);
+            return Err(Rejection { code: "room_limit", message });
+        }
+        Ok(Some(Room::Named { tenant: self.identity.tenant_key().into(), name: name.into() }))
     }
 
     /// Leaves a named room and drops its position. Returns false when the connection was
@@ -414,7 +418,7 @@ impl Session {
     }
 
     /// Returns true for `user:online` or `user:offline` about this connection's own user,
-    /// which tells the user nothing. Presence events are rare, so parsing them costs little.
+    /// which carries no news for the user. Presence events are rare, so parsing them costs little.
     fn is_own_presence(&self, event: &Event) -> bool {
         if event.name != names::USER_ONLINE && event.name != names::USER_OFFLINE {
             return false;
@@ -504,7 +508,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn out_of_order_live_events_are_filled_in_order() {
+    async fn live_gap_filled_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(&dir).await;
         let mut session = Session::open(&state, alice(), Transport::Sse, None).await.unwrap();

@@ -83,7 +83,7 @@ async fn memory_stays_bounded_while_a_reader_stalls() {
     let grown_mib = server.rss_kib().saturating_sub(baseline) / 1024;
     let published_mib = COUNT * 60_000 / (1024 * 1024);
     println!("published {published_mib} MiB behind a stalled reader; RSS grew {grown_mib} MiB");
-    // The channel holds at most 32 events (about 2 MiB here); the rest is allocator and
+    // The channel keeps at most 32 events (about 2 MiB here); the rest is allocator and
     // SQLite cache slack. Unbounded buffering would grow by the whole 34 MiB.
     assert!(grown_mib < 16, "RSS grew {grown_mib} MiB while {published_mib} MiB went past a stalled reader");
     drop(stalled);

@@ -267,7 +267,7 @@ async fn ws_room_joined_later_resumes_from_the_id() {
     let replayed = [first.data["data"]["n"].as_i64(), second.data["data"]["n"].as_i64()];
     assert_eq!(replayed, [Some(2), Some(3)], "the missed room events, once, in order");
 
-    // Leaving forgets the position, so rejoining starts from now.
+    // Leaving drops the position, so rejoining starts from now.
     ws.send(json!({ "event": "room:leave", "data": { "room": "orders" }, "ack": 3 })).await;
     ws.next_ack(3).await;
     ws.send(json!({ "event": "room:join", "data": { "room": "orders" }, "ack": 4 })).await;

@@ -134,7 +134,7 @@ async fn nodes_behave_as_one_server() {
     }
     assert_eq!(sse.next_named("notification:unread_count").await.data["unreadCount"], 1);
 
-    // Mark read through node 2; the SSE stream on node 1 sees the read and the new count.
+    // Mark read through node 2; the SSE stream on node 1 receives the read and the new count.
     let path = format!("/v1/notifications/{}/read", created["id"].as_str().unwrap());
     assert_eq!(apps[1].post(&path, &alice).await.status(), 200);
     assert_eq!(sse.next_named("notification:read").await.data["notificationId"], created["id"]);
